@@ -1,0 +1,254 @@
+"""The one checkpoint format every command shares: versioned, self-describing, safe to load.
+
+A checkpoint is a plain dict of tensors and primitives (no pickled classes), so it opens with
+``torch.load(..., weights_only=True)``: loading a stranger's file cannot run code. Keys::
+
+    format            "charrnn-checkpoint"                  FORMAT_KEY
+    version           int, FORMAT_VERSION                   VERSION_KEY
+    charrnn_version   str, torch_version str, created str (UTC ISO 8601)
+    model_config      dict, ModelConfig.to_dict()
+    vocab             str, the sorted characters
+    model             dict name -> tensor (state_dict of the uncompiled model)
+    train_config      dict of primitives (the options of the run)
+    corpus            dict: name, chars, sha256, val_frac
+    progress          dict: step, epoch, batch, elapsed, chars_seen
+    history           dict of lists: step, train_loss, val_loss, lr (one entry per evaluation)
+    best_val_loss     float or None;  last_train_loss float or None
+    resume            dict or None: optimizer, rng, carried state, grad scaler (for --resume)
+
+Saving writes a temporary file in the same folder, flushes and fsyncs it, then ``os.replace``s it
+over the target, so a crash at any moment leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from charrnn import __version__
+from charrnn.errors import CheckpointError, ConfigError, OutputError
+from charrnn.model import CharRNN, ModelConfig
+
+FORMAT_KEY = "format"
+FORMAT_MARKER = "charrnn-checkpoint"
+VERSION_KEY = "version"
+FORMAT_VERSION = 1
+
+_REQUIRED = {
+    "model_config": dict,
+    "vocab": str,
+    "model": dict,
+    "train_config": dict,
+    "corpus": dict,
+    "progress": dict,
+    "history": dict,
+}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded (and validated) checkpoint. ``model`` is the state_dict; ``build_model()`` makes the module."""
+
+    path: Path | None
+    model_config: ModelConfig
+    vocab: str
+    model: dict
+    train_config: dict = field(default_factory=dict)
+    corpus: dict = field(default_factory=dict)
+    progress: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    best_val_loss: float | None = None
+    last_train_loss: float | None = None
+    resume: dict | None = None
+    charrnn_version: str = __version__
+    torch_version: str = str(torch.__version__)
+    created: str = ""
+    version: int = FORMAT_VERSION
+
+    def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
+        """A CharRNN with this checkpoint's weights, in eval mode, on ``device``."""
+        model = CharRNN(self.model_config)
+        model.load_state_dict(self.model)
+        return model.to(device).eval()
+
+    def to_dict(self) -> dict:
+        return {
+            FORMAT_KEY: FORMAT_MARKER,
+            VERSION_KEY: FORMAT_VERSION,
+            "charrnn_version": __version__,
+            "torch_version": str(torch.__version__),  # TorchVersion is a class, not plain data
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model_config": self.model_config.to_dict(),
+            "vocab": self.vocab,
+            "model": {k: v.detach().cpu() for k, v in self.model.items()},
+            "train_config": dict(self.train_config),
+            "corpus": dict(self.corpus),
+            "progress": dict(self.progress),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "best_val_loss": self.best_val_loss,
+            "last_train_loss": self.last_train_loss,
+            "resume": self.resume,
+        }
+
+
+def save(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write ``ckpt`` to ``path`` atomically and durably; OutputError if the disk or folder refuses."""
+    path = Path(path)
+    data = ckpt.to_dict()
+    buffer = io.BytesIO()
+    torch.save(data, buffer)  # serialise fully before touching the disk
+    write_atomic(path, buffer.getbuffer())
+    return path
+
+
+def write_atomic(path: Path, payload) -> None:
+    """Write bytes to a temp file beside ``path``, fsync, then rename over ``path`` (and fsync the folder)."""
+    folder = path.parent
+    tmp_name = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(folder)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputError(
+            f"cannot write {path} ({reason}); free some disk space or choose another --out-dir "
+            "(earlier checkpoints are untouched)"
+        ) from None
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform (e.g. Windows); the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Open and validate a checkpoint; CheckpointError (one line, naming the path) for anything wrong.
+
+    Uses ``torch.load(weights_only=True)`` so a file holding pickled objects is refused, never run.
+    Tensors are mapped to the CPU, so a checkpoint saved on a GPU opens anywhere.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `charrnn train` or pass its path")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / 'best.pt'}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files: pickle, zip, EOF, runtime...
+        detail = _first_line(exc)
+        raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None
+    return from_dict(data, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of torch.load's (often long, multi-line) error."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return "it holds pickled Python objects, which charrnn refuses to load: " + line.split(":", 1)[-1].strip()[:150]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def from_dict(data, path: Path | None = None) -> Checkpoint:
+    """Validate a raw checkpoint dict and return a Checkpoint."""
+    where = f"{path}: " if path is not None else ""
+    bad = f"{where}not a valid charrnn checkpoint"
+    if not isinstance(data, dict) or data.get(FORMAT_KEY) != FORMAT_MARKER:
+        raise CheckpointError(f"{bad} (no charrnn format marker); pass a file written by `charrnn train`")
+    version = data.get(VERSION_KEY)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{bad} (format version {version!r})")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}checkpoint format version {version} is newer than this charrnn understands "
+            f"({FORMAT_VERSION}); upgrade charrnn (pip install -U charrnn)"
+        )
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise CheckpointError(f"{bad} (missing or malformed {key!r})")
+    try:
+        config = ModelConfig.from_dict(data["model_config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{bad} ({exc})") from None
+    vocab = data["vocab"]
+    if len(vocab) != config.vocab_size:
+        raise CheckpointError(
+            f"{bad} (vocabulary has {len(vocab)} characters but the model expects {config.vocab_size})"
+        )
+    if "".join(sorted(set(vocab))) != vocab:
+        raise CheckpointError(f"{bad} (vocabulary is not a sorted set of characters)")
+    _check_weights(data["model"], config, bad)
+    for key in ("best_val_loss", "last_train_loss"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, (int, float)):
+            raise CheckpointError(f"{bad} (malformed {key!r})")
+    resume = data.get("resume")
+    if resume is not None and not isinstance(resume, dict):
+        raise CheckpointError(f"{bad} (malformed 'resume')")
+    return Checkpoint(
+        path=path,
+        model_config=config,
+        vocab=vocab,
+        model=data["model"],
+        train_config=data["train_config"],
+        corpus=data["corpus"],
+        progress=data["progress"],
+        history=data["history"],
+        best_val_loss=data.get("best_val_loss"),
+        last_train_loss=data.get("last_train_loss"),
+        resume=resume,
+        charrnn_version=str(data.get("charrnn_version", "?")),
+        torch_version=str(data.get("torch_version", "?")),
+        created=str(data.get("created", "")),
+        version=version,
+    )
+
+
+def _check_weights(weights: dict, config: ModelConfig, bad: str) -> None:
+    """Every expected tensor present, float, the right shape and finite; nothing extra."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in CharRNN(config).state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(f"{bad} (missing weights: {', '.join(missing[:5])})")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise CheckpointError(f"{bad} (unexpected weights: {', '.join(extra[:5])})")
+    for name, shape in expected.items():
+        tensor = weights[name]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise CheckpointError(f"{bad} (weight {name!r} is not a float tensor)")
+        if tensor.shape != shape:
+            raise CheckpointError(
+                f"{bad} (weight {name!r} has shape {tuple(tensor.shape)} but the config needs {tuple(shape)})"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{bad} (weight {name!r} holds NaN or infinite values)")
+

@@ -1,0 +1,56 @@
+"""The ``charrnn`` command line: the only layer that imports click, rich and tqdm.
+
+stdout carries the product (sampled text, ``--json``); everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from charrnn import __version__
+from charrnn.cli.common import CharRNNGroup
+
+EXIT_CODES_HELP = """
+\b
+Exit codes:
+  0    success
+  1    unusable input or options (missing/empty/binary text, bad prime, ...)
+  2    command-line usage error (unknown flag, value out of range)
+  3    checkpoint missing, corrupt, foreign or from a newer charrnn
+  4    training diverged (NaN/inf loss or gradient)
+  5    cannot write output (unwritable folder, disk full)
+  130  interrupted by Ctrl-C (SIGINT); 143 stopped by SIGTERM
+"""
+
+
+@click.group(cls=CharRNNGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="charrnn")
+def cli() -> None:
+    """Train character-level LSTM / GRU / RNN language models on any text, and sample from them.
+
+    \b
+    charrnn train                   train on the embedded Tiny Shakespeare corpus
+    charrnn train linux.txt --cell gru --num-layers 3 --out-dir runs/linux
+    charrnn sample runs/linux/best.pt --prime "static int" --temperature 0.7
+    charrnn inspect runs/linux/best.pt
+    """
+
+
+def _register() -> None:
+    from charrnn.cli import evaluate, inspect, sample, train
+
+    cli.add_command(train.train)
+    cli.add_command(sample.sample)
+    cli.add_command(inspect.inspect_cmd)
+    cli.add_command(inspect.inspect_cmd, name="inspect-checkpoint")
+    cli.add_command(evaluate.eval_cmd)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(prog_name="charrnn", standalone_mode=True))

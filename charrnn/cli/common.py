@@ -1,0 +1,99 @@
+"""What every command shares: error reporting, exit codes, option types, rich consoles."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import click
+from rich.console import Console
+
+from charrnn.errors import CharRNNError
+
+DEFAULT_OUT_DIR = "out"
+
+
+class UserError(click.ClickException):
+    """A one-line error with its own exit code; click prints it as ``Error: message``."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CharRNNGroup(click.Group):
+    """Turns library errors into one-line messages with the documented exit codes, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CharRNNError as exc:
+            raise UserError(str(exc), exc.exit_code) from None
+        except BrokenPipeError:
+            # `charrnn sample | head`: the reader went away; that is not an error.
+            _silence_stdout()
+            ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            ctx.exit(130)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """'90', '90s', '10m', '1.5h', '2d', or combinations like '1h30m' -> seconds (float)."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)", str(value))
+            joined = "".join(n + u for n, u in parts)
+            if not parts or joined != re.sub(r"\s+", "", str(value)):
+                self.fail(f"{value!r} is not a duration; use e.g. 90s, 10m, 1.5h or 1h30m", param, ctx)
+            seconds = 0.0
+            for number, unit in parts:
+                unit = unit.lower() or None
+                if unit not in _UNIT_SECONDS:
+                    self.fail(f"{value!r}: unknown unit {unit!r}; use s, m, h or d", param, ctx)
+                seconds += float(number) * _UNIT_SECONDS[unit]
+        if seconds <= 0:
+            self.fail(f"{value!r} must be longer than zero", param, ctx)
+        return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."

@@ -1,0 +1,306 @@
+"""``charrnn train``: options, progress bar, evaluation tables, interrupts and the closing summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+from rich.panel import Panel
+from rich.table import Table
+from tqdm import tqdm
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, Duration, UserError, format_duration, stderr_console
+from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
+from charrnn.errors import ConfigError
+from charrnn.model import CELLS, ModelConfig
+from charrnn.sample import generate
+from charrnn.train import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer, check_writable, resolve_device
+
+MODEL_DEFAULTS = ModelConfig(vocab_size=1)
+TRAIN_DEFAULTS = TrainConfig(max_steps=DEFAULT_MAX_STEPS)
+ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size")
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM: ask the trainer to stop after this step. Second: stop at once."""
+
+    def __init__(self, console):
+        self.console = console
+        self.received: str | None = None
+        self._previous = {}
+
+    def __call__(self) -> str | None:
+        return self.received
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise KeyboardInterrupt  # the second signal: leave now; saves are atomic
+        self.received = name
+        with tqdm.external_write_mode(file=sys.stderr):
+            self.console.print(f"[yellow]{name}: finishing this step and saving last.pt (press Ctrl-C again to quit at once)")
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Progress(Callback):
+    """A tqdm bar on stderr and a rich line per evaluation."""
+
+    def __init__(self, console, quiet: bool):
+        self.console, self.quiet = console, quiet
+        self.bar = None
+        self._tick = None
+        self._rate = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.by_time = trainer.total_steps is None
+        if self.quiet:
+            return
+        total = trainer.config.max_time if self.by_time else trainer.total_steps
+        self.bar = tqdm(
+            total=round(total),
+            initial=round(trainer.elapsed) if self.by_time else trainer.step,
+            unit="s" if self.by_time else "step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+        )
+        self._tick = time.perf_counter()
+
+    def on_step(self, info) -> None:
+        now = time.perf_counter()
+        if self._tick is not None:
+            rate = info.chars / max(now - self._tick, 1e-9)
+            self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
+        self._tick = now
+        if self.bar is None:
+            return
+        self.bar.set_postfix_str(
+            f"step {info.step} ep {info.epoch} loss {info.loss:.3f} lr {info.lr:.2e} {self._rate or 0:,.0f} char/s",
+            refresh=False,
+        )
+        self.bar.update(round(info.elapsed) - self.bar.n if self.by_time else info.step - self.bar.n)
+
+    def on_eval(self, info) -> None:
+        self._tick = time.perf_counter()  # do not count evaluation time against the char/s rate
+        if self.quiet:
+            return
+        mark = "[bold green]best[/]" if info.best else ""
+        line = (
+            f"step {info.step:>6}  epoch {info.epoch:>3}  train {info.train_loss:.4f}  "
+            f"val {info.val.nats:.4f} nats/char = {info.val.bits:.4f} bits/char  ({info.seconds:.1f}s) {mark}"
+        )
+        with tqdm.external_write_mode(file=sys.stderr):
+            self.console.print(line)
+
+    def on_nan_skip(self, step, new_lr_scale) -> None:
+        # Shown even with --quiet: the run is not doing what was asked.
+        with tqdm.external_write_mode(file=sys.stderr):
+            self.console.print(f"[yellow]step {step}: NaN/inf loss, batch skipped, learning rate now x{new_lr_scale:g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _check_architecture(ctx: click.Context, source: ckpt_io.Checkpoint, flag_for: str, values: dict) -> None:
+    """A flag given on the command line must agree with the checkpoint we continue from."""
+    saved = source.model_config
+    for name in ARCHITECTURE:
+        if _given(ctx, name) and values[name] != getattr(saved, name):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {values[name]} conflicts with {source.path}, which has "
+                f"{name.replace('_', '-')} {getattr(saved, name)}; drop the flag to {flag_for}"
+            )
+
+
+EMBEDDED_NAME = "tinyshakespeare (embedded)"
+
+
+def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None) -> Corpus:
+    if text is None:
+        return Corpus.from_text(read_text(default_corpus_path()), EMBEDDED_NAME, vocab)
+    path = Path(text)
+    return Corpus.from_text(read_text(path, encoding), path.name, vocab, path=str(path.resolve()))
+
+
+@click.command()
+@click.argument("text", required=False, type=click.Path(dir_okay=True, path_type=str))
+@click.option("--cell", type=click.Choice(list(CELLS)), default=MODEL_DEFAULTS.cell, show_default=True, help="Recurrent cell.")
+@click.option("--num-layers", type=click.IntRange(min=1), default=MODEL_DEFAULTS.num_layers, show_default=True)
+@click.option("--hidden-size", "--rnn-size", "hidden_size", type=click.IntRange(min=1), default=MODEL_DEFAULTS.hidden_size, show_default=True, help="Units per layer (char-rnn: --rnn-size).")
+@click.option("--embedding-size", type=click.IntRange(min=1), default=MODEL_DEFAULTS.embedding_size, show_default=True, help="Size of the learned character embedding.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=MODEL_DEFAULTS.dropout, show_default=True, help="Dropout between layers and before the output layer.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.batch_size, show_default=True, help="Parallel streams per step (per process).")
+@click.option("--seq-len", "--seq-length", "seq_len", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.seq_len, show_default=True, help="Characters per stream per step (BPTT length).")
+@click.option("--lr", "--learning-rate", "lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr, show_default=True, help="Adam learning rate.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=TRAIN_DEFAULTS.schedule, show_default=True, help="cosine: to lr*min-lr-frac over the budget; step: char-rnn's per-epoch decay; constant.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True)
+@click.option("--min-lr-frac", type=click.FloatRange(0, 1), default=TRAIN_DEFAULTS.min_lr_frac, show_default=True, help="cosine: final lr as a fraction of --lr.")
+@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=TRAIN_DEFAULTS.lr_decay, show_default=True, help="step: lr multiplier per epoch ...")
+@click.option("--lr-decay-after", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.lr_decay_after, show_default=True, help="step: ... after this many epochs.")
+@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.grad_clip, show_default=True, help="Clip the global gradient norm to this.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
+@click.option("--max-epochs", type=click.IntRange(min=1), default=None, help="Stop after this many passes over the training split.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help=f"Stop at this step, counted from the start of the run [default: {DEFAULT_MAX_STEPS} when no other budget is given].")
+@click.option("--max-time", type=Duration(), default=None, help="Wall-clock budget, e.g. 10m or 1h30m; the cosine schedule then follows the clock.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.eval_every, show_default=True, help="Steps between validation passes and checkpoints.")
+@click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=TRAIN_DEFAULTS.val_frac, show_default=True, help="Last fraction of the text held out for validation.")
+@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True, help="Autocast precision for training (bf16/fp16 on CUDA).")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model (checkpoints stay uncompiled).")
+@click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="stop: end training on a NaN/inf; skip: drop the batch and halve the lr.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True, help="Where last.pt and best.pt go.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue the run saved in this checkpoint (weights, optimizer, schedule, data position).")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None, help="Start a new run from this checkpoint's weights and vocabulary (fine-tuning).")
+@click.option("--force", is_flag=True, help="Overwrite checkpoints of an earlier run in --out-dir.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of TEXT, e.g. latin-1.")
+@click.option("--sample-length", type=click.IntRange(min=0), default=300, show_default=True, help="Characters to sample from the best model at the end (0: none).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
+@click.pass_context
+def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, encoding, sample_length, quiet, as_json, device, compile_, **options):
+    """Train a character model on TEXT (default: the embedded Tiny Shakespeare corpus).
+
+    Checkpoints go to OUT_DIR: last.pt at every evaluation and at the end, best.pt whenever the
+    validation loss improves. Ctrl-C stops after the current step and saves last.pt; continue
+    with --resume OUT_DIR/last.pt.
+    """
+    console = stderr_console()
+    if resume is not None and init_from is not None:
+        raise UserError("--resume and --init-from cannot be combined; --resume continues a run, --init-from starts a new one")
+    model_values = {k: options.pop(k) for k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout")}
+    train_values = {**options, "compile": compile_}
+    torch_device = resolve_device(device)
+
+    # 1. Where we start from: a fresh model, a checkpoint's weights, or a whole run to continue.
+    source = None
+    if resume is not None:
+        source = ckpt_io.load(resume)
+        if source.resume is None:
+            raise ConfigError(f"{resume} holds no training state to resume; use --init-from to start from its weights")
+        _check_architecture(ctx, source, "resume", model_values)
+        saved = TrainConfig.from_dict(source.train_config).to_dict()
+        train_values = {k: (v if _given(ctx, k) or (k == "compile" and _given(ctx, "compile_")) else saved.get(k, v)) for k, v in train_values.items()}
+        if text is None and source.corpus.get("path"):
+            text = source.corpus["path"]
+    elif init_from is not None:
+        source = ckpt_io.load(init_from)
+        _check_architecture(ctx, source, "fine-tune", model_values)
+    vocab = Vocab(source.vocab) if source is not None else None
+    corpus = _load_corpus(text, encoding, vocab)
+    if resume is not None and corpus.sha256 != source.corpus.get("sha256"):
+        raise ConfigError(
+            f"the text differs from the one {resume} was trained on; pass the same TEXT to resume, "
+            "or use --init-from to fine-tune on new text"
+        )
+    if source is not None:
+        model_config = dataclasses.replace(
+            source.model_config, dropout=model_values["dropout"] if _given(ctx, "dropout") else source.model_config.dropout
+        )
+    else:
+        model_config = ModelConfig(vocab_size=len(corpus.vocab), **model_values)
+    config = TrainConfig(**train_values)
+
+    # 2. Never overwrite another run's checkpoints by accident.
+    check_writable(out_dir)
+    existing = [p for p in (out_dir / "last.pt", out_dir / "best.pt") if p.exists()]
+    continuing = resume is not None and Path(resume).resolve().parent == out_dir.resolve()
+    if existing and not force and not continuing:
+        raise UserError(
+            f"{out_dir} already holds checkpoints of another run ({existing[0].name}); continue it with "
+            f"--resume {existing[0]}, pick another --out-dir, or pass --force to overwrite them"
+        )
+
+    trainer = Trainer(
+        model_config,
+        config,
+        corpus,
+        out_dir,
+        device=torch_device,
+        init_from=source if init_from is not None else None,
+        resume=source if resume is not None else None,
+        callback=None,
+    )
+    params = trainer.model.num_parameters()
+    if not quiet:
+        console.print(
+            f"[bold]charrnn train[/] {corpus.name}: {len(corpus):,} chars, vocab {len(corpus.vocab)}, "
+            f"{model_config.cell.upper()} {model_config.num_layers}x{model_config.hidden_size} "
+            f"({params:,} parameters) on {torch_device}; {len(trainer.batches)} steps/epoch"
+            + (f"; resuming at step {trainer.step}" if resume is not None else "")
+        )
+    progress = Progress(console, quiet)
+    trainer.callback = progress
+    try:
+        with StopOnSignal(console) as stop:
+            trainer.should_stop = stop
+            result = trainer.run()
+    finally:
+        progress.close()
+
+    # 3. Report.
+    interrupted = result.stopped_by.startswith("interrupt")
+    summary = {
+        "steps": result.steps,
+        "epochs": round(result.epochs, 3),
+        "elapsed_s": round(result.elapsed, 1),
+        "eval_s": round(result.eval_seconds, 1),
+        "best_val_loss": result.best_val_loss,
+        "best_val_bpc": result.best_val_loss / 0.6931471805599453 if result.best_val_loss is not None else None,
+        "last_val_loss": result.last_val_loss,
+        "stopped_by": result.stopped_by,
+        "last": str(result.last_path),
+        "best": str(result.best_path) if result.best_path else None,
+        "parameters": params,
+    }
+    if not quiet:
+        _print_summary(console, summary)
+    if interrupted:
+        console.print(f"Stopped by {result.stopped_by[10:]}; continue with: charrnn train --resume {result.last_path}")
+    elif sample_length and result.best_path is not None and not quiet:
+        best = ckpt_io.load(result.best_path)
+        model = best.build_model(torch_device)
+        text_out = "".join(chs[0] for chs in generate(model, Vocab(best.vocab), length=sample_length, temperature=0.8, seed=config.seed))
+        console.print(Panel(text_out, title=f"sample from {result.best_path} (temperature 0.8)", expand=False))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    if interrupted:
+        ctx.exit(SIGNAL_EXIT.get(result.stopped_by[10:], 130))
+
+
+def _print_summary(console, s: dict) -> None:
+    table = Table(title="training finished", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    if s["best_val_loss"] is not None:
+        table.add_row("best val loss", f"{s['best_val_loss']:.4f} nats/char = {s['best_val_bpc']:.4f} bits/char")
+    table.add_row("steps / epochs", f"{s['steps']} / {s['epochs']:.2f}")
+    table.add_row("time", f"{format_duration(s['elapsed_s'])} (evaluation {format_duration(s['eval_s'])})")
+    table.add_row("stopped by", s["stopped_by"])
+    table.add_row("last checkpoint", s["last"])
+    if s["best"]:
+        table.add_row("best checkpoint", s["best"])
+    console.print(table)

@@ -1,0 +1,237 @@
+"""Text in, integer streams out: reading corpora, the code-point vocabulary, the split, and the
+batch layout for truncated backpropagation through time.
+
+Characters are Unicode code points, never bytes: "é" is one symbol whether the file spells it in one
+UTF-8 byte sequence or another, and an emoji outside the Basic Multilingual Plane is one symbol too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.errors import ConfigError, DataError
+
+# How far into a file we look for NUL bytes when deciding whether it is binary.
+_BINARY_SNIFF_BYTES = 8192
+
+
+def default_corpus_path() -> Path:
+    """The embedded Tiny Shakespeare corpus, from an installed package or from a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (
+        here / "_corpus" / "input.txt",  # installed: setup.cfg maps data/tinyshakespeare here
+        here.parent / "data" / "tinyshakespeare" / "input.txt",  # source checkout / editable install
+    ):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        "the embedded corpus data/tinyshakespeare/input.txt is missing from this installation; "
+        "reinstall charrnn or pass a TEXT file"
+    )
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """Read a whole text file exactly as written (no newline translation), dropping a leading BOM.
+
+    Raises DataError for a missing, empty, binary or undecodable file, with the fix in the message.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; pass the path of a text file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; pass the path of a text file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    return decode_text(raw, str(path), encoding)
+
+
+def decode_text(raw: bytes, name: str, encoding: str = "utf-8") -> str:
+    """Decode file contents with the checks described in ``read_text``."""
+    if not raw:
+        raise DataError(f"{name}: the file is empty; pass a text file with some text in it")
+    is_utf8_family = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
+    if is_utf8_family and b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
+        hint = ""
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " (it looks like UTF-16: pass --encoding utf-16)"
+        raise DataError(
+            f"{name}: looks like a binary file, not text (it contains NUL bytes){hint}; "
+            "pass a text file"
+        )
+    try:
+        text = raw.decode(encoding)
+    except LookupError:
+        raise ConfigError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{name}: is not valid {encoding} (byte 0x{bad} at offset {exc.start}); "
+            "if it is Latin-1 or another encoding, pass it with --encoding, e.g. --encoding latin-1"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text:
+        raise DataError(f"{name}: the file holds no text; pass a text file with some text in it")
+    return text
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The sorted set of characters (code points) a model knows; index i is ``chars[i]``."""
+
+    chars: str
+
+    def __post_init__(self) -> None:
+        assert self.chars == "".join(sorted(set(self.chars))), "Vocab chars must be sorted and unique"
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def _codes(self) -> np.ndarray:
+        return _code_points(self.chars)
+
+    def missing(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` that are not in this vocabulary, sorted."""
+        known = set(self.chars)
+        return sorted(set(text) - known)
+
+    def encode(self, text: str) -> np.ndarray:
+        """text -> (len(text),) integer array of indices; DataError naming unknown characters."""
+        codes = _code_points(text)
+        table = self._codes()
+        idx = np.searchsorted(table, codes)
+        idx = np.minimum(idx, len(table) - 1)
+        if len(codes) and not np.array_equal(table[idx], codes):
+            unknown = self.missing(text)
+            raise DataError(
+                f"{len(unknown)} character(s) not in the model's vocabulary: {describe_chars(unknown)}"
+            )
+        return idx.astype(index_dtype(len(self)))
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def _code_points(text: str) -> np.ndarray:
+    """text -> (len(text),) uint32 code points, via one C-level encode."""
+    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+
+
+def index_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every index of a vocabulary this size."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
+
+
+def escape_char(ch: str) -> str:
+    """A printable, unambiguous spelling of one character: '\\n', '\\t', ' ', 'U+200B', ..."""
+    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣", "\\": "\\\\"}
+    if ch in named:
+        return named[ch]
+    if not ch.isprintable() or ch in "\u00a0\u200b\ufeff":
+        return f"U+{ord(ch):04X}"
+    return ch
+
+
+def describe_chars(chars, limit: int = 20) -> str:
+    """'a', 'b', '\\n' ... for a one-line error message."""
+    chars = list(chars)
+    shown = ", ".join(repr(escape_char(c)) if escape_char(c) != c else repr(c) for c in chars[:limit])
+    if len(chars) > limit:
+        shown += f" and {len(chars) - limit} more"
+    return shown
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An encoded text: ``ids`` (N,) unsigned ints into ``vocab``, plus what identifies the text."""
+
+    name: str
+    ids: np.ndarray
+    vocab: Vocab
+    sha256: str
+    path: str | None = None
+
+    @classmethod
+    def from_text(cls, text: str, name: str, vocab: Vocab | None = None, path: str | None = None) -> "Corpus":
+        """Encode ``text``; with ``vocab`` given (fine-tuning), every character must be in it."""
+        if vocab is None:
+            vocab = Vocab.from_text(text)
+        else:
+            unknown = vocab.missing(text)
+            if unknown:
+                raise DataError(
+                    f"{name}: {len(unknown)} character(s) are not in the checkpoint's vocabulary: "
+                    f"{describe_chars(unknown)}; remove them from the text or train from scratch"
+                )
+        digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+        return cls(name=name, ids=vocab.encode(text), vocab=vocab, sha256=digest, path=path)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def split(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous split: the last ``val_frac`` of the characters is validation, the rest training."""
+    if not 0.0 <= val_frac < 1.0:
+        raise ConfigError(f"--val-frac must be in [0, 1), got {val_frac}")
+    n_val = int(round(len(ids) * val_frac))
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+
+
+class Batches:
+    """A split cut into parallel contiguous streams, read ``seq_len`` characters at a time.
+
+    With S = batch_size * world_size streams of length L = (N - 1) // S, the data is laid out as::
+
+        stream 0   | x[0:T]      | x[T:2T]      | x[2T:3T]      | ...      rank 0 owns streams
+        stream 1   | x[L:L+T]    | x[L+T:L+2T]  | ...                      0 .. batch_size-1,
+        ...                                                                rank 1 the next batch_size,
+        stream S-1 | x[(S-1)L:] ...                                        and so on
+                     batch 0       batch 1        batch 2
+
+    Row b of batch i+1 continues exactly where row b of batch i stopped, so the hidden state left by
+    one batch is the right starting state for the next (truncated BPTT). Targets are the inputs
+    shifted by one character. The last partial chunk of each stream (< T characters) is dropped.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1):
+        assert 0 <= rank < world_size, "rank must lie in [0, world_size)"
+        self.batch_size, self.seq_len = batch_size, seq_len
+        streams = batch_size * world_size
+        self.stream_len = (len(ids) - 1) // streams
+        self.steps_per_epoch = self.stream_len // seq_len
+        if self.steps_per_epoch < 1:
+            need = streams * seq_len + 1
+            raise DataError(
+                f"{len(ids):,} characters are too few for one batch of {streams} stream(s) x "
+                f"{seq_len} characters (need at least {need:,}); use a longer text or a smaller "
+                "--batch-size / --seq-len"
+            )
+        usable = streams * self.stream_len
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        self._x = ids[:usable].reshape(streams, self.stream_len)[rows]  # (B, L) view, no copy
+        self._y = ids[1 : usable + 1].reshape(streams, self.stream_len)[rows]
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch i -> (x, y), each (B, T) int64."""
+        if not 0 <= i < self.steps_per_epoch:
+            raise IndexError(i)
+        cols = slice(i * self.seq_len, (i + 1) * self.seq_len)
+        return self._x[:, cols].astype(np.int64), self._y[:, cols].astype(np.int64)

@@ -1,0 +1,526 @@
+"""The training loop: truncated BPTT with Adam, a learning-rate schedule, clipping, evaluation,
+checkpoints and exact resume. It reports through a ``Callback`` and never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.data import Batches, Corpus, split
+from charrnn.errors import ConfigError, DivergedError, OutputError
+from charrnn.evaluate import Loss, evaluate
+from charrnn.model import CharRNN, ModelConfig, detach_state
+
+SCHEDULES = ("cosine", "step", "constant")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# With no --max-steps, --max-epochs or --max-time, a run stops after this many steps: about
+# 10 minutes of the default model on a 2-core CPU (see README, "Choosing the defaults").
+DEFAULT_MAX_STEPS = 1500
+
+
+@dataclass
+class TrainConfig:
+    """The options of a training run (everything but the model's shape and the device)."""
+
+    batch_size: int = 32
+    seq_len: int = 100
+    lr: float = 2e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 20
+    min_lr_frac: float = 0.1
+    lr_decay: float = 0.97
+    lr_decay_after: int = 10
+    grad_clip: float = 5.0
+    weight_decay: float = 0.0
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    max_time: float | None = None
+    eval_every: int = 250
+    eval_batch_size: int = 32
+    eval_seq_len: int = 256
+    val_frac: float = 0.1
+    seed: int = 1337
+    dtype: str = "fp32"
+    compile: bool = False
+    on_nan: str = "stop"
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "seq_len", "eval_every", "eval_batch_size", "eval_seq_len")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_epochs", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ConfigError(f"--max-time must be positive, got {self.max_time}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"--grad-clip must be positive, got {self.grad_clip}")
+        if not 0 < self.val_frac < 1:
+            raise ConfigError(f"--val-frac must be between 0 and 1 (exclusive), got {self.val_frac}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.on_nan not in ("stop", "skip"):
+            raise ConfigError(f"unknown --on-nan {self.on_nan!r}; choose stop or skip")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_frac <= 1 or not 0 < self.lr_decay <= 1:
+            raise ConfigError("--warmup-steps must be >= 0, --min-lr-frac in [0, 1], --lr-decay in (0, 1]")
+        if self.max_steps is None and self.max_epochs is None and self.max_time is None:
+            self.max_steps = DEFAULT_MAX_STEPS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int
+    epoch: int
+    loss: float  # nats/char of this batch
+    lr: float
+    chars: int  # characters in this step (all ranks)
+    elapsed: float  # seconds of training, this run and earlier ones
+    progress: float  # fraction of the budget done, 0..1
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    step: int
+    epoch: int
+    train_loss: float  # mean over the steps since the last evaluation
+    val: Loss
+    best: bool
+    seconds: float  # how long the evaluation took
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    epochs: float
+    elapsed: float
+    best_val_loss: float | None
+    last_val_loss: float | None
+    stopped_by: str  # "max_steps" | "max_epochs" | "max_time" | "interrupt:<signal>" 
+    last_path: Path
+    best_path: Path | None
+    eval_seconds: float
+
+
+class Callback:
+    """Hooks the trainer calls; the CLI implements them for progress bars and tables."""
+
+    def on_start(self, trainer: "Trainer") -> None: ...
+
+    def on_step(self, info: StepInfo) -> None: ...
+
+    def on_eval(self, info: EvalInfo) -> None: ...
+
+    def on_nan_skip(self, step: int, new_lr_scale: float) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda[:N] | mps -> a torch.device that exists here, or ConfigError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps was asked for but MPS is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail now, not after an hour of training, if checkpoints cannot be written to ``out_dir``."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".charrnn-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to --out-dir {out_dir} ({exc.strerror or exc}); choose a writable folder"
+        ) from None
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float, epoch: int) -> float:
+    """The learning rate for ``step`` (0-based): linear warm-up, then the chosen schedule.
+
+    cosine: from lr down to lr * min_lr_frac over the run's budget (``progress`` 0..1).
+    step: char-rnn's rule, lr * lr_decay ** (epochs past lr_decay_after).
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        floor = cfg.lr * cfg.min_lr_frac
+        return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.lr_decay ** max(0, epoch - cfg.lr_decay_after + 1)
+    return cfg.lr
+
+
+class Trainer:
+    """One training run. Build it, then ``run()``; see the module docstring."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        corpus: Corpus,
+        out_dir: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        init_from: ckpt_io.Checkpoint | None = None,
+        resume: ckpt_io.Checkpoint | None = None,
+        callback: Callback | None = None,
+        should_stop: Callable[[], str | None] = lambda: None,
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    ):
+        self.model_config, self.config, self.corpus = model_config, config, corpus
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        self.callback = callback or Callback()
+        self.should_stop = should_stop
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+
+        if config.dtype == "fp16" and self.device.type != "cuda":
+            raise ConfigError("--dtype fp16 needs a CUDA device; use bf16 or fp32 here")
+
+        # 1. Data: contiguous split, then each split laid out as parallel streams.
+        self.train_ids, self.val_ids = split(corpus.ids, config.val_frac)
+        if len(self.val_ids) < 2:
+            raise ConfigError(
+                f"--val-frac {config.val_frac} leaves {len(self.val_ids)} validation character(s) of "
+                f"{len(corpus):,}; raise --val-frac or use a longer text"
+            )
+        self.batches = Batches(self.train_ids, config.batch_size, config.seq_len, rank, world_size)
+        if config.max_epochs is None and config.max_steps is None:
+            self.total_steps = None
+        else:
+            candidates = []
+            if config.max_steps is not None:
+                candidates.append(config.max_steps)
+            if config.max_epochs is not None:
+                candidates.append(config.max_epochs * len(self.batches))
+            self.total_steps = min(candidates)
+
+        # 2. Model and optimizer, seeded so the same seed and data give the same run.
+        torch.manual_seed(config.seed)
+        self.model = CharRNN(model_config).to(self.device)
+        if init_from is not None:
+            self.model.load_state_dict(init_from.model)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda" or None,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.dtype == "fp16")
+        self.forward_model = self.model
+        if wrap_model is not None:
+            self.forward_model = wrap_model(self.model)
+        if config.compile:
+            self.forward_model = torch.compile(self.forward_model)
+
+        # 3. Progress, either fresh or restored from a checkpoint.
+        self.step = 0
+        self.epoch = 0
+        self.batch_index = 0
+        self.elapsed = 0.0
+        self.chars_seen = 0
+        self.lr_scale = 1.0
+        self.best_val_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self.last_train_loss: float | None = None
+        self.history: dict[str, list] = {"step": [], "train_loss": [], "val_loss": [], "lr": [], "elapsed": []}
+        self.state = self.model.init_state(config.batch_size, self.device)
+        if resume is not None:
+            self._restore(resume)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _checkpoint(self) -> ckpt_io.Checkpoint:
+        train_config = self.config.to_dict()
+        train_config["device"] = str(self.device)
+        train_config["world_size"] = self.world_size
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return ckpt_io.Checkpoint(
+            path=None,
+            model_config=self.model_config,
+            vocab=self.corpus.vocab.chars,
+            model=self.model.state_dict(),
+            train_config=train_config,
+            corpus={
+                "name": self.corpus.name,
+                "path": self.corpus.path,
+                "chars": len(self.corpus),
+                "sha256": self.corpus.sha256,
+                "val_frac": self.config.val_frac,
+            },
+            progress={
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch": self.batch_index,
+                "elapsed": self.elapsed,
+                "chars_seen": self.chars_seen,
+                "lr_scale": self.lr_scale,
+            },
+            history=self.history,
+            best_val_loss=self.best_val_loss,
+            last_train_loss=self.last_train_loss,
+            resume={
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "rng": rng,
+                "state": [s.detach().cpu() for s in self.state],
+                "world_size": self.world_size,
+            },
+        )
+
+    def _restore(self, ckpt: ckpt_io.Checkpoint) -> None:
+        """Continue exactly where ``ckpt`` stopped: weights, optimizer, RNG, data position, state."""
+        self.model.load_state_dict(ckpt.model)
+        p = ckpt.progress
+        self.step, self.epoch, self.batch_index = int(p["step"]), int(p["epoch"]), int(p["batch"])
+        self.elapsed, self.chars_seen = float(p["elapsed"]), int(p["chars_seen"])
+        self.lr_scale = float(p.get("lr_scale", 1.0))
+        self.history = {k: list(v) for k, v in ckpt.history.items()}
+        self.best_val_loss = ckpt.best_val_loss
+        self.last_train_loss = ckpt.last_train_loss
+        resume = ckpt.resume or {}
+        if "optimizer" in resume:
+            self.optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(resume["scaler"])
+        rng = resume.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        saved_state = resume.get("state")
+        same_layout = resume.get("world_size", 1) == self.world_size
+        if saved_state and same_layout and saved_state[0].shape[1] == self.config.batch_size:
+            self.state = tuple(s.to(self.device) for s in saved_state)
+        if self.batch_index >= len(self.batches) or not same_layout:
+            # The data layout changed (another process count): start the next epoch cleanly.
+            self.epoch += 1 if self.batch_index else 0
+            self.batch_index = 0
+            self.state = self.model.init_state(self.config.batch_size, self.device)
+
+    def _save(self, best: bool) -> None:
+        if not self.is_main:
+            return
+        ckpt = self._checkpoint()
+        ckpt_io.save(ckpt, self.last_path)
+        if best:
+            ckpt_io.save(ckpt, self.best_path)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def progress(self) -> float:
+        """Fraction of the budget used: the largest of steps, epochs and time fractions."""
+        fractions = [0.0]
+        if self.total_steps:
+            fractions.append(self.step / self.total_steps)
+        if self.config.max_time:
+            fractions.append(self.elapsed / self.config.max_time)
+        return min(1.0, max(fractions))
+
+    def _stop_reason(self) -> str | None:
+        cfg = self.config
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_epochs is not None and self.step >= cfg.max_epochs * len(self.batches):
+            return "max_epochs"
+        if cfg.max_time is not None and self.elapsed >= cfg.max_time:
+            return "max_time"
+        signal_name = self.should_stop()
+        if signal_name:
+            return f"interrupt:{signal_name}"
+        return None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.config.dtype])
+
+    def evaluate(self) -> Loss:
+        return evaluate(
+            self.model,
+            self.val_ids,
+            batch_size=self.config.eval_batch_size,
+            seq_len=self.config.eval_seq_len,
+            device=self.device,
+            autocast=self.autocast(),
+        )
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _eval_and_save(self, losses_since_eval: list[float]) -> None:
+        t0 = time.perf_counter()
+        val = self.evaluate()
+        seconds = time.perf_counter() - t0
+        self.eval_seconds += seconds
+        train_loss = float(np.mean(losses_since_eval)) if losses_since_eval else float("nan")
+        best = self.best_val_loss is None or val.nats < self.best_val_loss
+        if best:
+            self.best_val_loss = val.nats
+        self.last_val_loss = val.nats
+        for key, value in (
+            ("step", self.step),
+            ("train_loss", train_loss),
+            ("val_loss", val.nats),
+            ("lr", self.current_lr),
+            ("elapsed", self.elapsed),
+        ):
+            self.history[key].append(value)
+        self._save(best)
+        self.callback.on_eval(EvalInfo(self.step, self.epoch, train_loss, val, best, seconds))
+
+    def run(self) -> TrainResult:
+        """Train until a budget (steps, epochs, time) is spent or ``should_stop`` says so."""
+        cfg = self.config
+        vocab_size = self.model_config.vocab_size
+        chars_per_step = cfg.batch_size * cfg.seq_len * self.world_size
+        self.eval_seconds = 0.0
+        self.current_lr = learning_rate(cfg, self.step, self.progress(), self.epoch) * self.lr_scale
+        losses_since_eval: list[float] = []
+        last_eval_step = self.step if self.history["step"] and self.history["step"][-1] == self.step else None
+        self.callback.on_start(self)
+        self.forward_model.train()
+        clock = time.perf_counter()
+        stopped_by = None
+        while stopped_by is None:
+            stopped_by = self._stop_reason()
+            if stopped_by is not None:
+                break
+            # 1. Next batch; a new epoch starts every stream again from a zero state.
+            if self.batch_index >= len(self.batches):
+                self.epoch += 1
+                self.batch_index = 0
+                self.state = self.model.init_state(cfg.batch_size, self.device)
+            x_np, y_np = self.batches[self.batch_index]
+            x, y = self._to_device(x_np), self._to_device(y_np)
+
+            # 2. Forward and backward through seq_len steps, starting from the carried state.
+            lr = learning_rate(cfg, self.step, self.progress(), self.epoch) * self.lr_scale
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.current_lr = lr
+            with self.autocast():
+                logits, state = self.forward_model(x, self.state)
+                loss = F.cross_entropy(logits.float().view(-1, vocab_size), y.view(-1))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+
+            # 3. Refuse to step on a NaN/inf loss or gradient (fp16 overflow is the scaler's job).
+            loss_value = loss.item()
+            finite = math.isfinite(loss_value) and (
+                self.scaler.is_enabled() or bool(torch.isfinite(grad_norm))
+            )
+            if not finite:
+                if cfg.on_nan == "stop":
+                    self.elapsed += time.perf_counter() - clock
+                    raise DivergedError(
+                        f"training diverged at step {self.step + 1}: the loss or gradient is "
+                        f"{'NaN/inf' if not math.isfinite(loss_value) else 'not finite'}; lower --lr "
+                        f"(it was {lr:.3g}) or tighten --grad-clip (it was {cfg.grad_clip:g}), then "
+                        f"--resume {self.last_path} (best.pt was not touched)"
+                    )
+                self.lr_scale *= 0.5
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state = self.model.init_state(cfg.batch_size, self.device)
+                self.batch_index += 1
+                self.callback.on_nan_skip(self.step + 1, self.lr_scale)
+                continue
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.state = detach_state(state)
+
+            # 4. Book-keeping, then evaluation and checkpoints on schedule.
+            self.step += 1
+            self.batch_index += 1
+            self.chars_seen += chars_per_step
+            now = time.perf_counter()
+            self.elapsed += now - clock
+            clock = now
+            losses_since_eval.append(loss_value)
+            self.last_train_loss = loss_value
+            self.callback.on_step(
+                StepInfo(self.step, self.epoch, loss_value, lr, chars_per_step, self.elapsed, self.progress())
+            )
+            if self.step % cfg.eval_every == 0:
+                self._eval_and_save(losses_since_eval)
+                losses_since_eval = []
+                last_eval_step = self.step
+                now = time.perf_counter()  # --max-time is wall-clock: evaluation counts too
+                self.elapsed += now - clock
+                clock = now
+
+        # 5. The final state of the run is always evaluated and saved.
+        if self.step != last_eval_step and not (stopped_by or "").startswith("interrupt"):
+            self._eval_and_save(losses_since_eval)
+        elif stopped_by.startswith("interrupt"):
+            self._save(best=False)
+        return TrainResult(
+            steps=self.step,
+            epochs=self.epoch + self.batch_index / len(self.batches),
+            elapsed=self.elapsed,
+            best_val_loss=self.best_val_loss,
+            last_val_loss=self.last_val_loss,
+            stopped_by=stopped_by,
+            last_path=self.last_path,
+            best_path=self.best_path if self.best_val_loss is not None else None,
+            eval_seconds=self.eval_seconds,
+        )
