@@ -26,6 +26,7 @@ import datetime as _dt
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def load(path: str | Path) -> Checkpoint:
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / 'best.pt'}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; we refuse them anyway
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files: pickle, zip, EOF, runtime...
         detail = _first_line(exc)
         raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None

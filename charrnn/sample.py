@@ -37,7 +37,6 @@ def prime_ids(vocab: Vocab, prime: str) -> list[int]:
     return [vocab.chars.index(ch) for ch in prime]
 
 
-@torch.no_grad()
 def generate(
     model: CharRNN,
     vocab: Vocab,
@@ -50,16 +49,22 @@ def generate(
     num_samples: int = 1,
     seed: int | None = None,
 ) -> Iterator[list[str]]:
-    """Yield ``length`` steps, each a list of ``num_samples`` characters (the prime is not repeated).
+    """An iterator of ``length`` steps, each a list of ``num_samples`` characters (the prime is not repeated).
 
-    The prime is run through the model to set the hidden state. With no prime, generation starts
-    after a newline (if the vocabulary has one), the way a text starts after a line break.
-    The same model, options and ``seed`` give the same text on the same machine.
+    Options and the prime are checked here, before the first character is produced. The prime is
+    run through the model to set the hidden state. With no prime, generation starts after a
+    newline (if the vocabulary has one), the way a text starts after a line break. The same model,
+    options and ``seed`` give the same text on the same machine.
     """
     check_options(len(vocab), length, temperature, top_k, num_samples)
     ids = prime_ids(vocab, prime)
     if not ids:
         ids = [vocab.chars.index("\n") if "\n" in vocab.chars else 0]
+    return _generate(model, vocab.chars, ids, length, temperature, top_k, argmax, num_samples, seed)
+
+
+@torch.no_grad()
+def _generate(model, chars, ids, length, temperature, top_k, argmax, num_samples, seed) -> Iterator[list[str]]:
     device = model.head.weight.device
     model.eval()
     generator = torch.Generator(device=device)
@@ -72,7 +77,6 @@ def generate(
 
     # 2. One character at a time through the fused step.
     stepper = StepModel(model)
-    chars = vocab.chars
     for _ in range(length):
         if argmax:
             nxt = logits.argmax(dim=1)

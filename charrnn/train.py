@@ -179,7 +179,7 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float, epoch: int) -> f
     """The learning rate for ``step`` (0-based): linear warm-up, then the chosen schedule.
 
     cosine: from lr down to lr * min_lr_frac over the run's budget (``progress`` 0..1).
-    step: char-rnn's rule, lr * lr_decay ** (epochs past lr_decay_after).
+    step: char-rnn's rule: at the end of every epoch from the ``lr_decay_after``-th on, lr *= lr_decay.
     """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -187,7 +187,7 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float, epoch: int) -> f
         floor = cfg.lr * cfg.min_lr_frac
         return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     if cfg.schedule == "step":
-        return cfg.lr * cfg.lr_decay ** max(0, epoch - cfg.lr_decay_after + 1)
+        return cfg.lr * cfg.lr_decay ** max(0, epoch - max(1, cfg.lr_decay_after) + 1)
     return cfg.lr
 
 

@@ -184,8 +184,8 @@ def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None) -> Corpus
 def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, encoding, sample_length, quiet, as_json, device, compile_, **options):
     """Train a character model on TEXT (default: the embedded Tiny Shakespeare corpus).
 
-    Checkpoints go to OUT_DIR: last.pt at every evaluation and at the end, best.pt whenever the
-    validation loss improves. Ctrl-C stops after the current step and saves last.pt; continue
+    Checkpoints go to OUT_DIR (with --resume: the checkpoint's folder): last.pt at every evaluation
+    and at the end, best.pt whenever the validation loss improves. Ctrl-C stops after the current step and saves last.pt; continue
     with --resume OUT_DIR/last.pt.
     """
     console = stderr_console()
@@ -225,6 +225,8 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     config = TrainConfig(**train_values)
 
     # 2. Never overwrite another run's checkpoints by accident.
+    if resume is not None and not _given(ctx, "out_dir"):
+        out_dir = Path(resume).parent  # continue the run where it lives
     check_writable(out_dir)
     existing = [p for p in (out_dir / "last.pt", out_dir / "best.pt") if p.exists()]
     continuing = resume is not None and Path(resume).resolve().parent == out_dir.resolve()

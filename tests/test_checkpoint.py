@@ -1,0 +1,137 @@
+import io
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.errors import CheckpointError, OutputError
+from charrnn.model import CharRNN, ModelConfig
+
+
+def make_ckpt(cell="lstm") -> ckpt_io.Checkpoint:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=4, cell=cell, num_layers=2, hidden_size=8, embedding_size=4)
+    model = CharRNN(cfg)
+    return ckpt_io.Checkpoint(path=None, model_config=cfg, vocab="\nabc", model=model.state_dict(),
+                              progress={"step": 3}, history={"val_loss": [1.5, 1.2]}, best_val_loss=1.2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_round_trip_gives_identical_outputs(tmp_path, cell):
+    ckpt = make_ckpt(cell)
+    path = ckpt_io.save(ckpt, tmp_path / "m.pt")
+    loaded = ckpt_io.load(path)
+    assert loaded.model_config == ckpt.model_config and loaded.vocab == "\nabc"
+    assert loaded.best_val_loss == 1.2 and loaded.history["val_loss"] == [1.5, 1.2]
+    idx = torch.tensor([[0, 1, 2, 3, 1]])
+    original = CharRNN(ckpt.model_config)
+    original.load_state_dict(ckpt.model)
+    expected, _ = original.eval()(idx)
+    got, _ = loaded.build_model()(idx)
+    assert torch.equal(expected, got)
+
+
+def test_saved_file_is_plain_data_loadable_with_weights_only(tmp_path):
+    path = ckpt_io.save(make_ckpt(), tmp_path / "m.pt")
+    raw = torch.load(path, weights_only=True)
+    assert raw[ckpt_io.FORMAT_KEY] == ckpt_io.FORMAT_MARKER and raw[ckpt_io.VERSION_KEY] == ckpt_io.FORMAT_VERSION
+    assert not [p for p in tmp_path.iterdir() if p.name != "m.pt"], "no temporary file may be left behind"
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    data = make_ckpt().to_dict()
+    data["evil"] = _Payload(str(marker))
+    path = tmp_path / "evil.pt"
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match="not a valid charrnn checkpoint.*pickled"):
+        ckpt_io.load(path)
+    assert not marker.exists()
+
+
+def test_plain_pickle_file_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(CheckpointError, match="not a valid charrnn checkpoint"):
+        ckpt_io.load(path)
+    assert not marker.exists()
+
+
+def test_truncated_file_is_one_line_error(tmp_path):
+    path = ckpt_io.save(make_ckpt(), tmp_path / "m.pt")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="not a valid charrnn checkpoint") as info:
+        ckpt_io.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_foreign_torch_file_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match="no charrnn format marker"):
+        ckpt_io.load(path)
+
+
+def test_text_file_and_missing_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a valid charrnn checkpoint"):
+        ckpt_io.load(path)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        ckpt_io.load(tmp_path / "missing.pt")
+
+
+def _save_raw(tmp_path, mutate):
+    data = make_ckpt().to_dict()
+    mutate(data)
+    path = tmp_path / "m.pt"
+    torch.save(data, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(version=ckpt_io.FORMAT_VERSION + 1), "newer than this charrnn"),
+        (lambda d: d["model"].pop("head.bias"), "missing weights: head.bias"),
+        (lambda d: d["model"].update({"head.weight": torch.zeros(3, 3)}), "head.weight.*shape"),
+        (lambda d: d.update(vocab="\nab"), "vocabulary has 3 characters but the model expects 4"),
+        (lambda d: d.update(vocab="cba\n"), "not a sorted set"),
+        (lambda d: d["model"].update(extra=torch.zeros(1)), "unexpected weights: extra"),
+        (lambda d: d["model_config"].update(cell="lstmx"), "unknown cell"),
+        (lambda d: d.pop("vocab"), "'vocab'"),
+        (lambda d: d["model"]["head.bias"].fill_(float("nan")), "NaN"),
+    ],
+)
+def test_inconsistent_checkpoint_names_the_mismatch(tmp_path, mutate, message):
+    path = _save_raw(tmp_path, mutate)
+    with pytest.raises(CheckpointError, match=message):
+        ckpt_io.load(path)
+
+
+def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = ckpt_io.save(make_ckpt(), tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OutputError, match="No space left on device"):
+        ckpt_io.save(make_ckpt("gru"), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "the temporary file is cleaned up"
+    ckpt_io.load(path)
