@@ -1,0 +1,211 @@
+"""Sampling throughput of a randomly initialised model, three ways, for 1 and for 32 streams:
+
+  naive     CharRNN.forward on (N, 1) per character: nn.LSTM with a sequence of length one
+  step      StepModel.step per character: the fused inference step charrnn samples with
+  generate  the charrnn.sample.generate iterator, as `charrnn sample` and library users get it
+
+Each draws the next character the same way generate does at temperature 1 (softmax, multinomial),
+so (generate - step) is the iterator's own overhead. Rates are characters per second summed over
+the streams, timed after the first character (set-up and the prime are not counted). The methods
+take turns within each repetition so drift hits all alike. Usage: python benchmarks/bench_sample.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+import common
+from charrnn.data import Vocab
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.sample import generate
+from charrnn.step import StepModel
+
+METHODS = ("naive", "step", "generate")
+TARGETS = {1: 1000.0, 32: 6000.0}  # chars/s from issue 3, for a 2x512 LSTM
+QUICK = {"length": 30, "warmup": 3, "repeats": 1, "bandwidth_mb": 64}
+
+
+def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(N, V) logits -> (N,) next characters, as generate() does at temperature 1 without top-k."""
+    return torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def run_naive(model: CharRNN, streams: int, length: int) -> list[float]:
+    generator = torch.Generator().manual_seed(0)
+    logits, state = model(torch.zeros(streams, 1, dtype=torch.long))
+    times = []
+    for _ in range(length):
+        nxt = draw(logits[:, -1], generator)
+        logits, state = model(nxt.view(streams, 1), state)  # (N, 1, V)
+        times.append(time.perf_counter())
+    return times
+
+
+@torch.no_grad()
+def run_step(model: CharRNN, streams: int, length: int) -> list[float]:
+    generator = torch.Generator().manual_seed(0)
+    logits, state = model(torch.zeros(streams, 1, dtype=torch.long))
+    logits = logits[:, -1]
+    stepper = StepModel(model)
+    times = []
+    for _ in range(length):
+        nxt = draw(logits, generator)
+        logits, state = stepper.step(nxt, state)  # (N, V)
+        times.append(time.perf_counter())
+    return times
+
+
+def run_generate(model: CharRNN, vocab: Vocab, streams: int, length: int) -> list[float]:
+    times = []
+    for _chars in generate(model, vocab, length=length + 1, num_samples=streams, seed=0):
+        times.append(time.perf_counter())
+    return times
+
+
+def rate(times: list[float], streams: int) -> float:
+    """Characters per second over all streams, from the first timestamp to the last."""
+    return (len(times) - 1) * streams / (times[-1] - times[0])
+
+
+def weight_bytes_per_step(stepper: StepModel, streams: int) -> int:
+    """Bytes of weights StepModel reads for one step: every matrix once, one table row per stream."""
+    total = stepper.head_w_t.nbytes + stepper.head_b.nbytes
+    for layer in stepper.layers:
+        for key, tensor in layer.items():
+            total += tensor[0].nbytes * streams if key == "table" else tensor.nbytes
+    return total
+
+
+def copy_bandwidth(megabytes: int, repeats: int = 5) -> float:
+    """Bytes per second moved (read + written) by the fastest of a few large tensor copies."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Sampling throughput (chars/s) of a naive nn.LSTM loop, charrnn's fused step and generate().",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--embedding-size", type=int, default=64)
+    parser.add_argument("--vocab-size", type=int, default=65, help="65: Tiny Shakespeare's.")
+    parser.add_argument("--streams", default="1,32", help="Comma-separated numbers of parallel samples.")
+    parser.add_argument("--length", type=int, default=400, help="Timed characters per stream per repetition.")
+    parser.add_argument("--warmup", type=int, default=20, help="Untimed characters per method before the first repetition.")
+    parser.add_argument("--repeats", type=int, default=3, help="Repetitions; the median is reported.")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's choice].")
+    parser.add_argument("--bandwidth-mb", type=int, default=256, help="Size of the copy that estimates memory bandwidth (0: skip).")
+    parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
+    parser.add_argument("--quick", action="store_true", help=f"Smoke run in seconds: {QUICK}.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    try:
+        args.streams = [int(s) for s in args.streams.split(",")]
+    except ValueError:
+        parser.error(f"--streams must be comma-separated integers, got {args.streams!r}")
+    if min(args.streams) < 1 or args.length < 2 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--streams and --repeats must be at least 1, --length at least 2, --warmup at least 0")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    common.set_threads(args.threads)
+    info = common.machine()
+    print(common.describe(info), file=sys.stderr)
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=args.vocab_size, cell=args.cell, num_layers=args.num_layers,
+        hidden_size=args.hidden_size, embedding_size=args.embedding_size,
+    )
+    model = CharRNN(config).eval()
+    # generate() only needs the characters; any args.vocab_size distinct ones will do.
+    vocab = Vocab("".join(sorted(chr(ord("\n") if i == 0 else 31 + i) for i in range(args.vocab_size))))
+    methods = {
+        "naive": lambda n, length: run_naive(model, n, length),
+        "step": lambda n, length: run_step(model, n, length),
+        "generate": lambda n, length: run_generate(model, vocab, n, length),
+    }
+    name = f"{args.cell.upper()} {args.num_layers}x{args.hidden_size}"
+    print(f"{name}, embedding {args.embedding_size}, vocab {args.vocab_size}, {model.num_parameters():,} parameters", file=sys.stderr)
+
+    results = []
+    for streams in args.streams:
+        rates = {m: [] for m in METHODS}
+        peaks = {m: None for m in METHODS}
+        for method in METHODS:
+            if args.warmup:
+                methods[method](streams, args.warmup)
+        for rep in range(args.repeats):
+            order = METHODS[rep % len(METHODS) :] + METHODS[: rep % len(METHODS)]
+            for method in order:
+                common.reset_peak_rss()
+                times = methods[method](streams, args.length + 1)
+                peak = common.peak_rss_mb()
+                peaks[method] = max(peaks[method] or 0.0, peak or 0.0) or None
+                rates[method].append(rate(times, streams))
+        row = {"streams": streams, "length": args.length, "repeats": args.repeats}
+        for method in METHODS:
+            row[method] = {
+                "chars_per_s": common.median(rates[method]),
+                "reps_chars_per_s": rates[method],
+                "spread": common.spread(rates[method]),
+                "peak_rss_mb": peaks[method],
+            }
+        row["step_speedup"] = row["step"]["chars_per_s"] / row["naive"]["chars_per_s"]
+        row["generate_overhead"] = 1 - row["generate"]["chars_per_s"] / row["step"]["chars_per_s"]
+        target = TARGETS.get(streams) if (args.cell, args.num_layers, args.hidden_size) == ("lstm", 2, 512) else None
+        row["target_chars_per_s"] = target
+        row["meets_target"] = None if target is None else row["generate"]["chars_per_s"] >= target
+        results.append(row)
+
+    bound = None
+    if args.bandwidth_mb:
+        bandwidth = copy_bandwidth(args.bandwidth_mb)
+        weights = weight_bytes_per_step(StepModel(model), 1)
+        bound = {"copy_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes_per_step": weights,
+                 "one_stream_chars_per_s": bandwidth / weights}
+
+    columns = ["streams", "naive ch/s", "step ch/s", "generate ch/s", "target", "met", "step/naive",
+               "gen overhead", "spread", "peak MiB"]
+    rows = [
+        [r["streams"], common.fmt(r["naive"]["chars_per_s"]), common.fmt(r["step"]["chars_per_s"]),
+         common.fmt(r["generate"]["chars_per_s"]), common.fmt(r["target_chars_per_s"]),
+         {None: "-", True: "yes", False: "NO"}[r["meets_target"]], f"{r['step_speedup']:.2f}x",
+         f"{r['generate_overhead']:.0%}", f"{max(r[m]['spread'] for m in METHODS):.0%}",
+         common.fmt(max(r[m]["peak_rss_mb"] or 0 for m in METHODS))]
+        for r in results
+    ]
+    title = f"sampling throughput, {name}, median of {args.repeats}" + (" (QUICK: noisy smoke run)" if args.quick else "")
+    common.print_table(title, columns, rows)
+    print("ch/s = characters per second over all streams; target (issue 3) applies to generate with a 2x512 LSTM;\n"
+          "gen overhead = how much slower generate() is than the bare step loop; spread = (max - min) / median of\n"
+          "the repetitions, the worst method; peak MiB = peak RSS of the process during any method.")
+    if bound:
+        print(f"bandwidth bound, 1 stream: {bound['weight_bytes_per_step'] / 2**20:.1f} MiB of weights per step at "
+              f"{bound['copy_bandwidth_gb_s']:.1f} GB/s (large-copy read+write) = ~{bound['one_stream_chars_per_s']:,.0f} chars/s; "
+              "weights that fit in cache can beat it.")
+    if args.json:
+        options = {k: v for k, v in vars(args).items()}
+        path = common.write_json(args.json, "sample", info, options, {"rows": results, "bandwidth_bound": bound})
+        print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
