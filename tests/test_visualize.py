@@ -251,16 +251,21 @@ def quote_model():
     stream = (len(ids) - 1) // batch
     x, y = ids[: batch * stream].view(batch, stream), ids[1 : batch * stream + 1].view(batch, stream)
     state = None
-    for step in range(80):
-        j = (step * seq) % (stream - seq)
-        if j < seq:
-            state = None
-        logits, state = model(x[:, j : j + seq], state)
-        state = tuple(s.detach() for s in state)
-        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y[:, j : j + seq].reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 12-cell model gains nothing from more, and the CI box is shared
+    try:
+        for step in range(80):
+            j = (step * seq) % (stream - seq)
+            if j < seq:
+                state = None
+            logits, state = model(x[:, j : j + seq], state)
+            state = tuple(s.detach() for s in state)
+            loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y[:, j : j + seq].reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval(), vocab, quote_corpus(3_000, seed=1)
 
 

@@ -46,6 +46,8 @@ def _register() -> None:
     cli.add_command(inspect.inspect_cmd)
     cli.add_command(inspect.inspect_cmd, name="inspect-checkpoint")
     cli.add_command(evaluate.eval_cmd)
+    from charrnn.cli import visualize
+    cli.add_command(visualize.visualize)
 
 
 _register()
