@@ -21,6 +21,15 @@ VOCAB_SIZE = 11
 SEQ_LEN = 9
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: threads only add start-up cost, and stall badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build(cell: str, num_layers: int, nonlinearity: str = "tanh", vocab_size: int = VOCAB_SIZE) -> CharRNN:
     """A small randomly initialised model in eval mode, deterministic for a given shape."""
     torch.manual_seed(1234 + num_layers)
