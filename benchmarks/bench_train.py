@@ -164,7 +164,7 @@ class CharrnnLoop:
 
     def run(self, steps: int, on_last_step=None) -> list[float]:
         """Train ``steps`` more steps in one Trainer.run(); return the time after each one."""
-        self.trainer.config.max_steps = self.trainer.step + steps
+        self.trainer.config.max_steps = self.trainer.total_steps = self.trainer.step + steps
         self.timer.times, self.timer.last, self.timer.on_last_step = [], self.trainer.config.max_steps, on_last_step
         self.trainer.run()
         self.progress.close()
@@ -262,7 +262,7 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"Comma-separated, from: {', '.join(CONFIGS)}.")
-    parser.add_argument("--steps", type=int, default=None, help="Timed steps per repetition [default: per config, ~15 s on 2 cores].")
+    parser.add_argument("--steps", type=int, default=None, help="Timed steps per repetition [default: per config, 5-15 s on 2 cores].")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps at the start of every repetition (>= 1).")
     parser.add_argument("--repeats", type=int, default=3, help="Repetitions of each loop, alternating; the median is reported.")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both loops [default: torch's choice].")
