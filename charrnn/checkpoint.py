@@ -27,6 +27,7 @@ import io
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,7 @@ def load(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint; train one with `charrnn train` or pass its path")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / 'best.pt'}")
+    _check_archive(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; we refuse them anyway
@@ -168,6 +170,22 @@ def load(path: str | Path) -> Checkpoint:
         detail = _first_line(exc)
         raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None
     return from_dict(data, path)
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive with a CRC-32 per record; check them all before unpickling.
+
+    torch.load itself does not verify the CRCs, so a flipped bit in a tensor would load silently.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a valid charrnn checkpoint (not a torch archive: {_first_line(exc)})") from None
+    except Exception as exc:  # zipfile can raise odd errors (struct.error, UnicodeDecodeError) on garbage
+        raise CheckpointError(f"{path}: not a valid charrnn checkpoint (damaged archive: {_first_line(exc)})") from None
+    if broken is not None:
+        raise CheckpointError(f"{path}: not a valid charrnn checkpoint (record {broken} is damaged: checksum mismatch)")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from charrnn.errors import ConfigError, DataError
 
 # How far into a file we look for NUL bytes when deciding whether it is binary.
-_BINARY_SNIFF_BYTES = 8192
+BINARY_SNIFF_BYTES = 8192
 
 
 def default_corpus_path() -> Path:
@@ -54,31 +54,52 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
 def decode_text(raw: bytes, name: str, encoding: str = "utf-8") -> str:
     """Decode file contents with the checks described in ``read_text``."""
     if not raw:
-        raise DataError(f"{name}: the file is empty; pass a text file with some text in it")
-    is_utf8_family = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
-    if is_utf8_family and b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
-        hint = ""
-        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            hint = " (it looks like UTF-16: pass --encoding utf-16)"
-        raise DataError(
-            f"{name}: looks like a binary file, not text (it contains NUL bytes){hint}; "
-            "pass a text file"
-        )
+        raise DataError(empty_message(name))
+    if is_utf8(encoding) and b"\x00" in raw[:BINARY_SNIFF_BYTES]:
+        raise DataError(binary_message(name, raw))
     try:
         text = raw.decode(encoding)
     except LookupError:
-        raise ConfigError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+        raise ConfigError(unknown_encoding_message(encoding)) from None
     except UnicodeDecodeError as exc:
-        bad = raw[exc.start : exc.start + 1].hex()
-        raise DataError(
-            f"{name}: is not valid {encoding} (byte 0x{bad} at offset {exc.start}); "
-            "if it is Latin-1 or another encoding, pass it with --encoding, e.g. --encoding latin-1"
-        ) from None
+        raise DataError(undecodable_message(name, encoding, raw[exc.start], exc.start)) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text:
-        raise DataError(f"{name}: the file holds no text; pass a text file with some text in it")
+        raise DataError(no_text_message(name))
     return text
+
+
+# The messages of the checks above, shared with the streaming reader in charrnn.corpus_files.
+
+
+def is_utf8(encoding: str) -> bool:
+    """UTF-8 with or without a BOM: the encodings where NUL bytes mean "binary"."""
+    return encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
+
+
+def empty_message(name: str) -> str:
+    return f"{name}: the file is empty; pass a text file with some text in it"
+
+
+def no_text_message(name: str) -> str:
+    return f"{name}: the file holds no text; pass a text file with some text in it"
+
+
+def binary_message(name: str, head: bytes) -> str:
+    hint = " (it looks like UTF-16: pass --encoding utf-16)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+    return f"{name}: looks like a binary file, not text (it contains NUL bytes){hint}; pass a text file"
+
+
+def undecodable_message(name: str, encoding: str, bad_byte: int, offset: int) -> str:
+    return (
+        f"{name}: is not valid {encoding} (byte 0x{bad_byte:02x} at offset {offset}); "
+        "if it is Latin-1 or another encoding, pass it with --encoding, e.g. --encoding latin-1"
+    )
+
+
+def unknown_encoding_message(encoding: str) -> str:
+    return f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1"
 
 
 @dataclass(frozen=True)
@@ -157,13 +178,19 @@ def describe_chars(chars, limit: int = 20) -> str:
 
 @dataclass(frozen=True)
 class Corpus:
-    """An encoded text: ``ids`` (N,) unsigned ints into ``vocab``, plus what identifies the text."""
+    """An encoded text: ``ids`` (N,) unsigned ints into ``vocab``, plus what identifies the text.
+
+    ``ids`` may be a read-only numpy.memmap of a corpus cache (see charrnn.corpus_files); everything
+    that reads it slices it. ``sha256`` is the SHA-256 of the text in UTF-8 (BOM dropped; several
+    files joined by ``separator``), whatever the file's own encoding.
+    """
 
     name: str
     ids: np.ndarray
     vocab: Vocab
     sha256: str
     path: str | None = None
+    separator: str | None = None  # between the files of a folder or glob; None for one file
 
     @classmethod
     def from_text(cls, text: str, name: str, vocab: Vocab | None = None, path: str | None = None) -> "Corpus":
