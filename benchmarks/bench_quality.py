@@ -33,6 +33,7 @@ LN2 = 0.6931471805599453
 EVAL_FRACTION_TARGET = 0.10  # issue 3: evaluation at most 10% of the time at default settings
 QUICK = {
     "budgets": "4s",
+    "threads": 1,  # unless --threads says otherwise: a smoke run must not stall on a busy machine
     "recipes": [("tiny", "--num-layers 1 --hidden-size 64 --batch-size 16 --seq-len 50")],
 }
 
@@ -130,6 +131,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.budgets, args.recipes = QUICK["budgets"], args.recipes or QUICK["recipes"]
+        args.threads = args.threads or QUICK["threads"]
     args.recipes = args.recipes or [("default", "")]
     names = [name for name, _ in args.recipes]
     if len(set(names)) != len(names):

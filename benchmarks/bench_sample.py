@@ -26,7 +26,8 @@ from charrnn.step import StepModel
 
 METHODS = ("naive", "step", "generate")
 TARGETS = {1: 1000.0, 32: 6000.0}  # chars/s from issue 3, for a 2x512 LSTM
-QUICK = {"length": 30, "warmup": 3, "repeats": 1, "bandwidth_mb": 64}
+# One thread unless --threads says otherwise: a smoke run must not stall on a busy machine.
+QUICK = {"length": 30, "warmup": 3, "repeats": 1, "bandwidth_mb": 64, "threads": 1}
 
 
 def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -114,7 +115,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
-            setattr(args, key, value)
+            if key != "threads" or args.threads is None:
+                setattr(args, key, value)
     try:
         args.streams = [int(s) for s in args.streams.split(",")]
     except ValueError:

@@ -32,6 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import common
+from charrnn.cli.common import stderr_console
+from charrnn.cli.train import Progress
+from charrnn.data import Corpus, default_corpus_path, read_text, split
+from charrnn.model import ModelConfig
+from charrnn.train import Callback, TrainConfig, Trainer
 
 EMBEDDING_SIZE = 64
 LR = 2e-3
@@ -58,7 +63,8 @@ CONFIGS = {
     "gru-2x512": Spec("gru", 2, 512, 64, 100, steps=10),
     "rnn-2x512": Spec("rnn", 2, 512, 64, 100, steps=30),
 }
-QUICK = {"configs": ["lstm-2x128"], "steps": 5, "warmup": 1, "repeats": 2}
+# One thread unless --threads says otherwise: a smoke run must not stall on a busy machine.
+QUICK = {"configs": ["lstm-2x128"], "steps": 5, "warmup": 1, "repeats": 2, "threads": 1}
 
 
 # -- (a) the bare loop ---------------------------------------------------------------------------
@@ -122,33 +128,32 @@ class BareLoop:
 # -- (b) charrnn's Trainer -----------------------------------------------------------------------
 
 
+class Timer(Callback):
+    """The CLI's callback, plus a timestamp after each step it reports."""
+
+    def __init__(self, inner: Callback):
+        self.inner, self.times, self.on_last_step, self.last = inner, [], None, None
+
+    def on_start(self, trainer):
+        self.inner.on_start(trainer)
+
+    def on_step(self, info):
+        self.inner.on_step(info)
+        self.times.append(time.perf_counter())
+        if info.step == self.last and self.on_last_step is not None:
+            self.on_last_step()  # before run()'s closing evaluation and save
+
+    def on_eval(self, info):
+        self.inner.on_eval(info)
+
+    def on_nan_skip(self, step, new_lr_scale):
+        self.inner.on_nan_skip(step, new_lr_scale)
+
+
 class CharrnnLoop:
     """charrnn's Trainer, run again for each repetition, timed through its callback."""
 
-    def __init__(self, spec: Spec, corpus, val_frac: float, progress_bar: bool, seed: int = 0):
-        from charrnn.cli.train import Progress
-        from charrnn.cli.common import stderr_console
-        from charrnn.model import ModelConfig
-        from charrnn.train import Callback, TrainConfig, Trainer
-
-        class Timer(Callback):
-            """The CLI's callback, plus a timestamp after each step it reports."""
-
-            def __init__(self, inner):
-                self.inner, self.times, self.on_last_step, self.last = inner, [], None, None
-
-            def on_start(self, trainer):
-                self.inner.on_start(trainer)
-
-            def on_step(self, info):
-                self.inner.on_step(info)
-                self.times.append(time.perf_counter())
-                if info.step == self.last and self.on_last_step is not None:
-                    self.on_last_step()  # before the final evaluation and save
-
-            def on_eval(self, info):
-                self.inner.on_eval(info)
-
+    def __init__(self, spec: Spec, corpus: Corpus, val_frac: float, progress_bar: bool, seed: int = 0):
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-train-")
         self.progress = Progress(stderr_console(), quiet=not progress_bar)
         self.timer = Timer(self.progress)
@@ -177,9 +182,7 @@ class CharrnnLoop:
 # -- one configuration, in a child process -------------------------------------------------------
 
 
-def load_corpus(path: str | None):
-    from charrnn.data import Corpus, default_corpus_path, read_text
-
+def load_corpus(path: str | None) -> Corpus:
     path = Path(path) if path else default_corpus_path()
     return Corpus.from_text(read_text(path), path.name, path=str(path))
 
@@ -203,8 +206,6 @@ def child(args) -> dict:
     steps = args.steps or spec.steps
     corpus = load_corpus(args.corpus)
     base_mb = common.rss_mb()
-    from charrnn.data import split
-
     train_ids, _ = split(corpus.ids, args.val_frac)
     chars_per_step = spec.batch_size * spec.seq_len
     loops = {}
@@ -240,8 +241,8 @@ def child(args) -> dict:
     return result
 
 
-def run_child(args, name: str, memory: str | None) -> dict:
-    """Run this script on one configuration in a fresh process and return what it printed."""
+def start_child(args, name: str, memory: str | None) -> subprocess.Popen:
+    """Start this script on one configuration in a fresh process; ``finish_child`` collects it."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--warmup", str(args.warmup),
            "--repeats", str(args.repeats), "--val-frac", str(args.val_frac)]
     for flag, value in (("--steps", args.steps), ("--threads", args.threads), ("--corpus", args.corpus),
@@ -250,10 +251,15 @@ def run_child(args, name: str, memory: str | None) -> dict:
             cmd += [flag, str(value)]
     if args.progress_bar:
         cmd.append("--progress-bar")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def finish_child(proc: subprocess.Popen, name: str) -> dict:
+    """Wait for a child and return the JSON line it printed last."""
+    stdout, _ = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child for {name} failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def parse_args(argv=None):
@@ -277,7 +283,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
-            setattr(args, key, ",".join(value) if isinstance(value, list) else value)
+            if key != "threads" or args.threads is None:
+                setattr(args, key, ",".join(value) if isinstance(value, list) else value)
     if args.warmup < 1 or args.repeats < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--warmup, --repeats and --steps must be at least 1")
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
@@ -298,12 +305,13 @@ def main(argv=None) -> None:
     for name in args.configs.split(","):
         spec = CONFIGS[name]
         print(f"{name}: timing ...", file=sys.stderr, flush=True)
-        timing = run_child(args, name, None)
+        timing = finish_child(start_child(args, name, None), name)
         memory = {}
         if not args.no_memory:
-            for loop in ("bare", "charrnn"):
-                print(f"{name}: peak memory of {loop} ...", file=sys.stderr, flush=True)
-                memory[loop] = run_child(args, name, loop)
+            # Side by side: peak RSS is per process, so running together does not change it.
+            print(f"{name}: peak memory ...", file=sys.stderr, flush=True)
+            procs = {loop: start_child(args, name, loop) for loop in ("bare", "charrnn")}
+            memory = {loop: finish_child(proc, name) for loop, proc in procs.items()}
         row = {"config": name, **asdict(spec), "embedding_size": EMBEDDING_SIZE, "steps": timing["steps"],
                "warmup": args.warmup, "repeats": args.repeats, "params": timing["params"]}
         for loop in ("bare", "charrnn"):
