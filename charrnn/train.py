@@ -511,6 +511,7 @@ class Trainer:
         # 5. The final state of the run is always evaluated and saved.
         if self.step != last_eval_step and not (stopped_by or "").startswith("interrupt"):
             self._eval_and_save(losses_since_eval)
+            self.elapsed += time.perf_counter() - clock  # the closing evaluation is part of the run's time
         elif stopped_by.startswith("interrupt"):
             self._save(best=False)
         return TrainResult(

@@ -53,6 +53,15 @@ def _register() -> None:
 _register()
 
 
+def _utf8_streams() -> None:
+    """Text is Unicode: never fail to print a character because the locale says ASCII."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8")
+
+
 def main() -> None:
     """Console-script entry point."""
+    _utf8_streams()
     sys.exit(cli.main(prog_name="charrnn", standalone_mode=True))

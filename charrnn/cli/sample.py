@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from charrnn import checkpoint as ckpt_io
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, echo_json
+from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, echo_json, set_threads
 from charrnn.data import Vocab
 from charrnn.sample import generate
 from charrnn.train import resolve_device
@@ -42,13 +42,15 @@ class _Stream:
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="Independent samples, generated together as a batch.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prime, samples, options) instead of streaming.")
-def sample(checkpoint: Path, length, temperature, prime, argmax, top_k, seed, num_samples, device, as_json):
+def sample(checkpoint: Path, length, temperature, prime, argmax, top_k, seed, num_samples, device, threads, as_json):
     """Generate text from CHECKPOINT (default: out/best.pt) and stream it to stdout.
 
     Only the text goes to stdout, so `charrnn sample > out.txt` works. With --num-samples N > 1 the
     samples are printed one after another, each followed by a blank line and a line of dashes.
     """
+    set_threads(threads)
     ckpt = ckpt_io.load(checkpoint)
     torch_device = resolve_device(device)
     model = ckpt.build_model(torch_device)

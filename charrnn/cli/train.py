@@ -16,7 +16,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from charrnn import checkpoint as ckpt_io
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, Duration, UserError, format_duration, stderr_console
+from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Duration, UserError, format_duration, set_threads, stderr_console
 from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
 from charrnn.errors import ConfigError
 from charrnn.model import CELLS, ModelConfig
@@ -169,6 +169,7 @@ def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None) -> Corpus
 @click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=TRAIN_DEFAULTS.val_frac, show_default=True, help="Last fraction of the text held out for validation.")
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True, help="Autocast precision for training (bf16/fp16 on CUDA).")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model (checkpoints stay uncompiled).")
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="stop: end training on a NaN/inf; skip: drop the batch and halve the lr.")
@@ -181,7 +182,7 @@ def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None) -> Corpus
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.pass_context
-def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, encoding, sample_length, quiet, as_json, device, compile_, **options):
+def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, encoding, sample_length, quiet, as_json, device, threads, compile_, **options):
     """Train a character model on TEXT (default: the embedded Tiny Shakespeare corpus).
 
     Checkpoints go to OUT_DIR (with --resume: the checkpoint's folder): last.pt at every evaluation
@@ -189,6 +190,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     with --resume OUT_DIR/last.pt.
     """
     console = stderr_console()
+    set_threads(threads)
     if resume is not None and init_from is not None:
         raise UserError("--resume and --init-from cannot be combined; --resume continues a run, --init-from starts a new one")
     model_values = {k: options.pop(k) for k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout")}
