@@ -131,10 +131,11 @@ class Chunk:
             if what == "h":
                 rows = [step[layer].h for step in self._steps]
             elif what == "c":
-                rows = [step[layer].c.tanh() for step in self._steps]
+                rows = [step[layer].c for step in self._steps]
             else:
                 rows = [step[layer].gates[what[5:]] for step in self._steps]
-            self._cache[key] = torch.cat(rows).float()  # each row is (1, H)
+            values = torch.cat(rows).float()  # each row is (1, H)
+            self._cache[key] = values.tanh() if what == "c" else values
         return self._cache[key]
 
 
