@@ -157,7 +157,8 @@ def run(
     stepper = StepModel(model)
     device = stepper.head_w_t.device
     state = stepper.init_state(1)
-    all_ids = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)
+    ids = np.asarray(ids, dtype=np.int64)  # Vocab.encode gives the smallest unsigned type; gather needs int64
+    all_ids = torch.as_tensor(ids, device=device)
     total = len(all_ids)
     for start in range(0, total, chunk_size):
         chunk_ids = all_ids[start : start + chunk_size]
@@ -167,7 +168,7 @@ def run(
             out, state = stepper.step(chunk_ids[t : t + 1], state, internals)
             steps.append(internals)
             logits.append(out)
-        chunk = Chunk(start, np.asarray(ids[start : start + chunk_size]), torch.cat(logits).float(), steps)
+        chunk = Chunk(start, ids[start : start + chunk_size], torch.cat(logits).float(), steps)
         for probe in probes:
             probe.update(chunk)
         if progress is not None:

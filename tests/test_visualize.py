@@ -39,7 +39,8 @@ def test_recorded_states_and_predictions_match_the_fused_modules(cell):
     whats = ["h", "c"] if cell == "lstm" else ["h"]
     probes = {(layer, what): viz.CellProbe(layer, what, list(range(8))) for layer in range(2) for what in whats}
     predictions = viz.PredictionProbe(k=5)
-    viz.run(model, ids, [*probes.values(), predictions], chunk_size=7)  # 7: chunk boundaries inside the text
+    # uint8 ids, as Vocab.encode gives them; chunks of 7 put chunk boundaries inside the text.
+    viz.run(model, ids.astype(np.uint8), [*probes.values(), predictions], chunk_size=7)
 
     x = torch.as_tensor(ids)[None]
     with torch.no_grad():

@@ -165,6 +165,16 @@ def test_text_mistakes(ckpts, args, code, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_device_option(ckpts):
+    result = invoke(ckpts["gru"], "--string", "int main", "--cell", "0", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    result = invoke(ckpts["gru"], "--string", "int main", "--cell", "0", "--device", "tpu")
+    assert result.exit_code == 1 and "unknown --device 'tpu'" in result.stderr
+    if not torch.cuda.is_available():
+        result = invoke(ckpts["gru"], "--string", "int main", "--cell", "0", "--device", "cuda")
+        assert result.exit_code == 1 and "CUDA is not available" in result.stderr
+
+
 def test_gates_of_a_vanilla_rnn_and_a_missing_checkpoint(ckpts, tmp_path):
     result = invoke(ckpts["rnn"], "--string", "int", "--gates")
     assert result.exit_code == 1 and "--gates needs an LSTM or GRU checkpoint" in result.stderr
