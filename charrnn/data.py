@@ -170,7 +170,7 @@ def escape_char(ch: str) -> str:
 def describe_chars(chars, limit: int = 20) -> str:
     """'a', 'b', '\\n' ... for a one-line error message."""
     chars = list(chars)
-    shown = ", ".join(repr(escape_char(c)) if escape_char(c) != c else repr(c) for c in chars[:limit])
+    shown = ", ".join(f"'{escape_char(c)}'" if escape_char(c) != c else repr(c) for c in chars[:limit])
     if len(chars) > limit:
         shown += f" and {len(chars) - limit} more"
     return shown
