@@ -27,6 +27,7 @@ from __future__ import annotations
 import codecs
 import glob
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -58,13 +59,21 @@ CACHE_FORMAT = "charrnn-corpus-cache"
 CACHE_VERSION = 1
 _GLOB_MAGIC = "*?["
 _STALE_TEMP_SECONDS = 3600  # temp files of a build older than this were left by a crash
+# A cache folder says what it is (https://bford.info/cachedir/), so that backups, and charrnn itself
+# reading a folder that holds an earlier run's output, leave it out.
+CACHEDIR_TAG = "CACHEDIR.TAG"
+_CACHEDIR_TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by charrnn: encoded corpora, rebuilt when needed.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
 
 
 @dataclass(frozen=True)
 class Sources:
     """What TEXT names: the files to join, in order."""
 
-    name: str  # for messages and the checkpoint: the file, folder or pattern as given
+    name: str  # the corpus's name: the file's name, or the folder or pattern as given
     path: str  # absolute file, folder or pattern: how --resume and eval find the text again
     files: tuple[Path, ...]
     single: bool  # one file named explicitly: its problems are errors, not skips
@@ -95,18 +104,21 @@ def resolve_inputs(inputs: str | Path, exclude: tuple[Path, ...] = ()) -> Source
     """A file, a folder (every file below it) or a glob (``**`` spans folders) -> sorted files.
 
     Names starting with "." (``.git``, editor swap files) are left out of folders and globs, and so
-    is anything under ``exclude`` (the run's own output and cache folders, which may sit inside).
+    are cache folders (tagged with CACHEDIR.TAG) and anything under a folder of ``exclude`` that lies
+    inside the folder searched (the run's own checkpoints would otherwise change the corpus at every
+    start).
     """
     text = str(inputs)
     path = Path(text).expanduser()
-    excluded = tuple(Path(p).resolve() for p in exclude)
     if path.is_file():
-        return Sources(text, str(path.resolve()), (path,), single=True)
+        return Sources(path.name, str(path.resolve()), (path,), single=True)
     if path.is_dir():
         root = path.resolve()
+        excluded = _inside(root, exclude)
         found = []
         for folder, dirs, names in os.walk(root):
-            dirs[:] = [d for d in dirs if not d.startswith(".") and not _under(Path(folder, d), excluded)]
+            dirs[:] = [d for d in dirs if not d.startswith(".") and not _under(Path(folder, d), excluded)
+                       and not Path(folder, d, CACHEDIR_TAG).exists()]
             found += [Path(folder, n) for n in names if not n.startswith(".") and Path(folder, n).is_file()]
         files = _sorted_files(found, excluded)
         if not files:
@@ -114,7 +126,11 @@ def resolve_inputs(inputs: str | Path, exclude: tuple[Path, ...] = ()) -> Source
         return Sources(text.rstrip("/\\") + "/", str(root), files, single=False)
     if is_glob(text):
         pattern = os.path.abspath(os.path.expanduser(text))
-        files = _sorted_files([Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)], excluded)
+        fixed = Path(pattern.split("*")[0].split("?")[0].split("[")[0])  # the part before any wildcard
+        excluded = _inside(fixed if fixed.is_dir() else fixed.parent, exclude)
+        tagged: dict[Path, bool] = {}
+        matches = [Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        files = _sorted_files([p for p in matches if not _in_cache_folder(p, tagged)], excluded)
         if not files:
             raise DataError(
                 f"{text}: the pattern matches no files; check it, and quote it so that the shell "
@@ -124,7 +140,26 @@ def resolve_inputs(inputs: str | Path, exclude: tuple[Path, ...] = ()) -> Source
     raise DataError(f"{text}: no such file or folder; pass a text file, a folder or a quoted glob such as 'src/**/*.c'")
 
 
+def _in_cache_folder(path: Path, tagged: dict[Path, bool]) -> bool:
+    """Whether a folder above ``path`` holds a CACHEDIR.TAG (memoised per folder in ``tagged``)."""
+    for folder in path.parents:
+        if folder not in tagged:
+            tagged[folder] = (folder / CACHEDIR_TAG).exists()
+        if tagged[folder]:
+            return True
+    return False
+
+
+def _inside(root: Path, exclude: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The folders of ``exclude`` strictly inside ``root`` (excluding the root itself would leave nothing)."""
+    root = root.resolve()
+    resolved = (Path(p).resolve() for p in exclude)
+    return tuple(p for p in resolved if root in p.parents)
+
+
 def _under(path: Path, excluded: tuple[Path, ...]) -> bool:
+    if not excluded:
+        return False
     resolved = path.resolve()
     return any(resolved == ex or ex in resolved.parents for ex in excluded)
 
@@ -161,12 +196,12 @@ def load_corpus(
     stats = _stat_files(sources.files)
     reader = _Reader(encoding, chunk_size)
     if cache_dir is None:
-        return _build(sources, stats, reader, separator, vocab, None, None)
+        return _build(sources, stats, reader, separator, vocab, None)
     cache = _Cache(Path(cache_dir), sources, encoding, separator)
     found = cache.lookup(stats, vocab)
     if found is not None:
         return found
-    return _build(sources, stats, reader, separator, vocab, cache, None)
+    return _build(sources, stats, reader, separator, vocab, cache)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -194,64 +229,91 @@ class _Reader:
         self.codec = "utf-8" if self.utf8 else encoding
 
     def pieces(self, path: Path, name: str) -> Iterator[tuple[bytes | None, str | None]]:
+        """The file's text, checked: _Unusable for an empty, binary or undecodable file."""
         try:
-            fh = open(path, "rb")
+            with open(path, "rb") as fh:
+                chunks, dropped = self._chunks(fh, name)
+                yield from self._decode(chunks, name, dropped)
         except OSError as exc:
             raise _Unusable("unreadable", f"{name}: cannot be read ({exc.strerror}); check its permissions") from None
-        with fh:
-            try:
-                yield from self._decode(self._chunks(fh, name), name)
-            except OSError as exc:
-                raise _Unusable("unreadable", f"{name}: cannot be read ({exc.strerror}); check its permissions") from None
 
-    def _chunks(self, fh, name: str) -> Iterator[bytes]:
+    def utf8_pieces(self, path: Path, name: str) -> Iterator[bytes]:
+        """The bytes of a file ``pieces`` accepted, cut at character boundaries; no decoding.
+
+        For pass 2: pass 1 has checked the file is valid UTF-8 (if it changed since, the lengths or
+        the modification time give it away).
+        """
+        assert self.utf8, "utf8_pieces is for UTF-8 files"
+        try:
+            with open(path, "rb") as fh:
+                chunks, _ = self._chunks(fh, name)
+                carry = b""
+                for chunk in chunks:
+                    data = carry + chunk if carry else chunk
+                    cut = _last_boundary(data)
+                    carry = data[cut:]
+                    if cut:
+                        yield data[:cut]
+                if carry:
+                    raise _Unusable(f"not {self.encoding}", f"{name}: ends inside a character")
+        except OSError as exc:
+            raise _Unusable("unreadable", f"{name}: cannot be read ({exc.strerror}); check its permissions") from None
+
+    def _chunks(self, fh, name: str) -> tuple[Iterator[bytes], int]:
+        """The file in chunk_size pieces after the checks of its head; and how many BOM bytes were dropped."""
         head = fh.read(BINARY_SNIFF_BYTES)
         if not head:
             raise _Unusable("empty", empty_message(name))
+        dropped = 0  # a BOM dropped before decoding still counts in error offsets
         if self.utf8:
             if b"\x00" in head:
                 raise _Unusable("binary", binary_message(name, head))
             if head.startswith(codecs.BOM_UTF8):
-                head = head[len(codecs.BOM_UTF8) :]
-                self._skipped_bytes = len(codecs.BOM_UTF8)
-        for start in range(0, len(head), self.chunk_size):
-            yield head[start : start + self.chunk_size]
-        while chunk := fh.read(self.chunk_size):
-            yield chunk
+                head, dropped = head[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+        step = self.chunk_size
+        head_pieces = (head[i : i + step] for i in range(0, len(head), step))
+        return itertools.chain(head_pieces, iter(lambda: fh.read(step), b"")), dropped
 
-    def _decode(self, chunks: Iterator[bytes], name: str) -> Iterator[tuple[bytes | None, str | None]]:
+    def _decode(self, chunks, name: str, dropped: int) -> Iterator[tuple[bytes | None, str | None]]:
         decoder = codecs.getincrementaldecoder(self.codec)()
-        self._skipped_bytes = 0  # a BOM dropped before decoding; counts in error offsets
-        fed = 0  # bytes given to the decoder so far
+        fed = dropped  # bytes of the file consumed so far
         at_start = True
         for raw in chunks:
-            pending = decoder.getstate()[0] if self.utf8 else b""
-            if self.utf8 and not pending and raw.isascii():
+            if self.utf8 and raw.isascii() and not decoder.getstate()[0]:
                 fed += len(raw)
-                at_start = False
                 yield raw, None
                 continue
             try:
                 text = decoder.decode(raw)
-            except UnicodeDecodeError as exc:
-                raise self._undecodable(name, exc, fed - len(pending)) from None
+            except UnicodeDecodeError as exc:  # exc.object is what the decoder held back, then raw
+                raise self._undecodable(name, exc, fed + len(raw) - len(exc.object)) from None
             fed += len(raw)
-            if at_start and text:
+            if not self.utf8 and at_start and text:
                 at_start = False
-                if not self.utf8 and text.startswith("\ufeff"):
-                    text = text[1:]
+                text = text[1:] if text.startswith("\ufeff") else text
             yield (raw if self.utf8 else None), text
         try:
             tail = decoder.decode(b"", final=True)
-        except UnicodeDecodeError as exc:
-            pending = decoder.getstate()[0] if self.utf8 else b""
+        except UnicodeDecodeError as exc:  # the file ends inside a character
             raise self._undecodable(name, exc, fed - len(exc.object)) from None
         if tail:
             yield (b"" if self.utf8 else None), tail
 
     def _undecodable(self, name: str, exc: UnicodeDecodeError, base: int) -> _Unusable:
-        offset = self._skipped_bytes + base + exc.start
-        return _Unusable(f"not {self.encoding}", undecodable_message(name, self.encoding, exc.object[exc.start], offset))
+        bad = exc.object[exc.start]
+        return _Unusable(f"not {self.encoding}", undecodable_message(name, self.encoding, bad, base + exc.start))
+
+
+def _last_boundary(data: bytes) -> int:
+    """The length of the longest prefix of UTF-8 ``data`` that ends on a character boundary."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)  # ASCII: a boundary right after it
+        if byte >= 0xC0:  # the lead byte of the last character: is the character whole?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)  # not UTF-8 after all; pass 2 finds out
 
 
 def _stat_files(files: tuple[Path, ...]) -> list[list]:
@@ -276,26 +338,43 @@ def _code_points(text: str, max_code: int) -> np.ndarray:
 
 
 class _CharSet:
-    """The distinct characters of a stream of pieces; ASCII pieces cost one C-level pass each."""
+    """The distinct characters of the files read so far; a file's own are kept apart until it is
+    known to be usable. ASCII pieces cost one C-level pass each."""
 
-    def __init__(self, known: set[str]):
-        self.chars = set(known)
-        self._ascii_known = bytes(sorted(ord(c) for c in self.chars if ord(c) < 0x80))
+    def __init__(self):
+        self.chars: set[str] = set()
+        self.new: set[str] = set()  # found in the file being read
+        self._ascii = b""  # the ASCII characters known, as bytes for bytes.translate(None, delete)
 
-    def add(self, raw: bytes | None, text: str | None, decoder) -> None:
+    def start_file(self) -> None:
+        self.new = set()
+        self._decoder = codecs.getincrementaldecoder("utf-8")()  # for the non-ASCII remainders
+        self._update_ascii()
+
+    def end_file(self, usable: bool) -> None:
+        if usable:
+            self.chars |= self.new
+        self.new = set()
+        self._update_ascii()
+
+    def _update_ascii(self) -> None:
+        self._ascii = bytes(sorted(ord(c) for c in self.chars | self.new if ord(c) < 0x80))
+
+    def add(self, raw: bytes | None, text: str | None) -> None:
         if raw is not None:
-            # UTF-8: deleting the ASCII bytes already known leaves new ASCII characters and the
-            # multi-byte sequences, whole (they never contain ASCII bytes), usually a tiny remainder.
-            rest = raw.translate(None, self._ascii_known)
+            # UTF-8: deleting the ASCII bytes already known leaves new ASCII characters and whole
+            # multi-byte sequences (they never contain ASCII bytes): usually a tiny remainder.
+            rest = raw.translate(None, self._ascii)
             if not rest:
                 return
-            new = set(decoder.decode(rest)) if text is not None else {chr(b) for b in set(rest)}
+            found = set(self._decoder.decode(rest)) if text is not None else {chr(b) for b in set(rest)}
         else:
             codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
-            new = {chr(c) for c in np.flatnonzero(np.bincount(codes))} if len(codes) else set()
-        if not new <= self.chars:
-            self.chars |= new
-            self._ascii_known = bytes(sorted(ord(c) for c in self.chars if ord(c) < 0x80))
+            found = {chr(c) for c in np.flatnonzero(np.bincount(codes))} if len(codes) else set()
+        found -= self.chars
+        if not found <= self.new:
+            self.new |= found
+            self._update_ascii()
 
 
 @dataclass
@@ -310,32 +389,33 @@ def _survey(sources: Sources, reader: _Reader, separator: str) -> _Survey:
     """Pass 1: which files are text, how long each is, which characters occur."""
     accepted: list[tuple[Path, int]] = []
     skipped: list[Skipped] = []
-    chars: set[str] = set()
+    chars = _CharSet()
     for path in sources.files:
-        name = str(path) if not sources.single else sources.name
-        seen = _CharSet(chars)
-        decoder = codecs.getincrementaldecoder("utf-8")()  # for the non-ASCII remainders
+        name = str(path)
+        chars.start_file()
         length = 0
         try:
             for raw, text in reader.pieces(path, name):
                 length += len(raw) if text is None else len(text)
-                seen.add(raw, text, decoder)
+                chars.add(raw, text)
             if length == 0:
                 raise _Unusable("empty", no_text_message(name))
         except _Unusable as problem:
+            chars.end_file(usable=False)
             if sources.single:
                 raise DataError(problem.message) from None
             skipped.append(Skipped(str(path), problem.reason))
             continue
+        chars.end_file(usable=True)
         accepted.append((path, length))
-        chars = seen.chars
     if not accepted:
-        reasons = ", ".join(f"{n} {r}" for r, n in _count_reasons(skipped).items())
-        raise DataError(f"{sources.name}: no usable text files ({reasons}); pass files of text in {reader.encoding}, or set --encoding")
-    if len(accepted) > 1:
-        chars |= set(separator)
+        raise DataError(
+            f"{sources.name}: no usable text files ({describe_skipped(skipped)}); pass text files "
+            f"in {reader.encoding}, or name their encoding with --encoding"
+        )
+    found = chars.chars | (set(separator) if len(accepted) > 1 else set())
     length = sum(n for _, n in accepted) + len(separator) * (len(accepted) - 1)
-    return _Survey(accepted, skipped, "".join(sorted(chars)), length)
+    return _Survey(accepted, skipped, "".join(sorted(found)), length)
 
 
 def _count_reasons(skipped) -> dict[str, int]:
@@ -346,55 +426,106 @@ def _count_reasons(skipped) -> dict[str, int]:
 
 
 def describe_skipped(skipped: tuple[Skipped, ...] | list[Skipped]) -> str:
-    """'3 files skipped (2 binary, 1 not utf-8), e.g. logo.png' for a one-line notice."""
+    """'3 files skipped (2 binary, 1 not utf-8), e.g. logo.png', for a one-line notice."""
     reasons = ", ".join(f"{n} {r}" for r, n in _count_reasons(skipped).items())
-    return f"{len(skipped)} file(s) skipped ({reasons}), e.g. {skipped[0].path}"
+    return f"{len(skipped)} file(s) skipped: {reasons}; e.g. {skipped[0].path}"
 
 
-def _encode_pieces(sources: Sources, survey: _Survey, reader: _Reader, separator: str, vocab: Vocab, write) -> str:
-    """Pass 2: encode every accepted file (and the separators) through ``write(ids)``; the text's SHA-256."""
-    dtype = index_dtype(len(vocab))
-    codes = [ord(c) for c in vocab.chars]
-    max_code = codes[-1]
-    lut = np.zeros(max_code + 1, dtype=dtype)
-    lut[codes] = np.arange(len(codes), dtype=dtype)
-    ascii_lut = lut[:0x80] if max_code >= 0x80 else np.pad(lut, (0, 0x80 - len(lut)))
+_LEAD_MASK = np.array([0, 0, 0x1F, 0x0F, 0x07], dtype=np.uint32)  # payload bits of a lead byte, by length
+
+
+class _Encoder:
+    """Characters -> ids through a lookup table indexed by code point (at most 0x110000 entries)."""
+
+    def __init__(self, vocab: Vocab):
+        self.dtype = index_dtype(len(vocab))
+        codes = [ord(c) for c in vocab.chars]
+        self.max_code = codes[-1]
+        self.lut = np.zeros(max(self.max_code + 1, 0x100), dtype=self.dtype)
+        self.lut[codes] = np.arange(len(codes), dtype=self.dtype)
+        # With at most 256 characters, bytes.translate maps one byte to one id in a single C pass.
+        self.table = self.lut[:0x100].tobytes() if self.dtype == np.uint8 else None
+
+    def ascii(self, raw: bytes) -> np.ndarray:
+        if self.table is not None:
+            return np.frombuffer(raw.translate(self.table), dtype=np.uint8)
+        return self.lut[np.frombuffer(raw, dtype=np.uint8)]
+
+    def utf8(self, raw: bytes) -> np.ndarray:
+        """Whole UTF-8 characters -> ids without building a str: ASCII bytes go through the table, and
+        only the multi-byte sequences (usually few) are decoded, vectorised."""
+        if raw.isascii():
+            return self.ascii(raw)
+        b = np.frombuffer(raw, dtype=np.uint8)
+        high = np.flatnonzero(b >= 0x80)
+        is_lead = b[high] >= 0xC0
+        leads, conts = high[is_lead], high[~is_lead]
+        first = b[leads].astype(np.uint32)
+        length = 2 + (first >= 0xE0) + (first >= 0xF0)  # bytes in each multi-byte character
+        code = first & _LEAD_MASK[length]
+        for k in (1, 2, 3):
+            more = length > k
+            code[more] = (code[more] << 6) | (b[leads[more] + k] & 0x3F)
+        keep = np.ones(len(b), dtype=bool)
+        keep[conts] = False
+        ids = self.ascii(raw)[keep]  # one id per character; those of multi-byte ones are wrong yet
+        ids[leads - np.searchsorted(conts, leads)] = self.lut[code]
+        return ids
+
+    def text(self, text: str) -> np.ndarray:
+        if self.max_code < 0x100:  # every character is one latin-1 byte
+            return self.ascii(text.encode("latin-1"))
+        if self.max_code < 0x10000:  # UTF-16 code units are the code points
+            codes = np.frombuffer(text.encode("utf-16-le", errors="surrogatepass"), dtype="<u2")
+        else:
+            codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+        return self.lut[codes]
+
+
+def _encode(sources: Sources, survey: _Survey, reader: _Reader, separator: str, vocab: Vocab, write) -> str:
+    """Pass 2: every usable file (separators between) through ``write(ids)``; the text's SHA-256."""
+    encoder = _Encoder(vocab)
     sep_ids = vocab.encode(separator) if len(survey.files) > 1 else None
+    sep_utf8 = separator.encode("utf-8", errors="surrogatepass")
     sha = hashlib.sha256()
     for i, (path, expected) in enumerate(survey.files):
-        if i and sep_ids is not None:
+        if i:
             write(sep_ids)
-            sha.update(separator.encode("utf-8", errors="surrogatepass"))
-        name = str(path) if not sources.single else sources.name
+            sha.update(sep_utf8)
+        name = str(path)
         length = 0
         try:
-            for raw, text in reader.pieces(path, name):
-                if text is None:  # ASCII: one byte, one character
-                    ids = ascii_lut[np.frombuffer(raw, dtype=np.uint8)]
-                else:
-                    ids = lut[_code_points(text, max_code)]
-                write(ids)
-                length += len(ids)
-                sha.update(raw if raw is not None else text.encode("utf-8", errors="surrogatepass"))
-        except _Unusable as problem:
-            raise DataError(f"{problem.message} (it changed while being read; run again)") from None
+            if reader.utf8:  # checked in pass 1: encode the bytes directly, hash them as they are
+                for raw in reader.utf8_pieces(path, name):
+                    ids = encoder.utf8(raw)
+                    write(ids)
+                    length += len(ids)
+                    sha.update(raw)
+            else:
+                for _, text in reader.pieces(path, name):
+                    ids = encoder.text(text)
+                    write(ids)
+                    length += len(ids)
+                    sha.update(text.encode("utf-8", errors="surrogatepass"))
+        except (_Unusable, UnicodeEncodeError, IndexError):  # not what pass 1 read
+            length = -1
         if length != expected:
-            raise DataError(f"{name}: changed while being read ({expected:,} then {length:,} characters); run again")
+            raise DataError(f"{name}: changed while the corpus was being encoded; run again")
     return sha.hexdigest()
 
 
-def _build(sources, stats, reader, separator, vocab, cache, _unused) -> LoadedCorpus:
+def _build(sources: Sources, stats: list[list], reader: _Reader, separator: str, vocab: Vocab | None,
+           cache: "_Cache | None") -> LoadedCorpus:
+    """Both passes; into ``cache`` (then memory-mapped) or into memory."""
     survey = _survey(sources, reader, separator)
     if vocab is None:
         vocab = Vocab(survey.chars)
     else:
         unknown = sorted(set(survey.chars) - set(vocab.chars))
         if unknown:
-            raise DataError(
-                f"{sources.name}: {len(unknown)} character(s) are not in the checkpoint's vocabulary: "
-                f"{describe_chars(unknown)}; remove them from the text or train from scratch"
-            )
+            raise DataError(_not_in_vocab(sources.name, unknown))
     dtype = index_dtype(len(vocab))
+    data_file = None
     if cache is None:
         ids = np.empty(survey.length, dtype=dtype)
         pos = 0
@@ -404,13 +535,15 @@ def _build(sources, stats, reader, separator, vocab, cache, _unused) -> LoadedCo
             ids[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
 
-        digest = _encode_pieces(sources, survey, reader, separator, vocab, write)
-        assert pos == survey.length, "pass 2 wrote a different length than pass 1 counted"
-        data_file = None
+        digest = _encode(sources, survey, reader, separator, vocab, write)
+        assert pos == survey.length, "pass 2 wrote another length than pass 1 counted"
     else:
-        data_file, digest = cache.store(survey, vocab, lambda write: _encode_pieces(sources, survey, reader, separator, vocab, write))
-        if _stat_files(sources.files) != stats:
-            raise DataError(f"{sources.name}: files changed while the corpus was being encoded; run again")
+        data_file, digest = cache.store(survey, dtype, lambda w: _encode(sources, survey, reader, separator, vocab, w))
+    if _stat_files(sources.files) != stats:
+        if data_file is not None:
+            _remove(data_file)
+        raise DataError(f"{sources.name}: files changed while the corpus was being encoded; run again")
+    if cache is not None:
         cache.commit(stats, survey, vocab, digest, data_file)
         ids = np.load(data_file, mmap_mode="r")
     corpus = Corpus(
@@ -418,6 +551,13 @@ def _build(sources, stats, reader, separator, vocab, cache, _unused) -> LoadedCo
         separator=None if sources.single else separator,
     )
     return LoadedCorpus(corpus, len(survey.files), tuple(survey.skipped), "off" if cache is None else "built", data_file)
+
+
+def _not_in_vocab(name: str, unknown: list[str]) -> str:
+    return (
+        f"{name}: {len(unknown)} character(s) are not in the checkpoint's vocabulary: "
+        f"{describe_chars(unknown)}; remove them from the text or train from scratch"
+    )
 
 
 # -- the cache -------------------------------------------------------------------------------------
@@ -460,10 +600,7 @@ class _Cache:
             if vocab is not None and vocab.chars != m["vocab"]:
                 unknown = sorted(set(m["text_chars"]) - set(vocab.chars))
                 if unknown:  # no need to read 500 MB again to say so
-                    raise DataError(
-                        f"{self.sources.name}: {len(unknown)} character(s) are not in the checkpoint's "
-                        f"vocabulary: {describe_chars(unknown)}; remove them from the text or train from scratch"
-                    )
+                    raise DataError(_not_in_vocab(self.sources.name, unknown))
                 return None  # encoded with another vocabulary: re-encode with this one
             if vocab is None and m["vocab"] != m["text_chars"]:
                 return None  # encoded with a checkpoint's larger vocabulary; a new run wants the text's own
@@ -483,13 +620,15 @@ class _Cache:
         except (KeyError, TypeError, ValueError, OSError, AssertionError):
             return None  # a damaged or foreign manifest or ids file: build a fresh one
 
-    def store(self, survey: _Survey, vocab: Vocab, encode) -> tuple[Path, str]:
+    def store(self, survey: _Survey, dtype: np.dtype, encode) -> tuple[Path, str]:
         """Write the ids through ``encode(write)`` into a new, durable ``<key>-<build>.npy``."""
-        dtype = index_dtype(len(vocab))
         data_file = self.folder / f"{self.key}-{uuid.uuid4().hex[:12]}.npy"
         tmp_name = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            tag = self.folder / CACHEDIR_TAG
+            if not tag.exists():
+                tag.write_text(_CACHEDIR_TAG_TEXT)
             self._remove_stale_temps()
             fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}-", suffix=".npy.tmp", dir=self.folder)
             with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
@@ -512,8 +651,6 @@ class _Cache:
 
     def commit(self, stats: list[list], survey: _Survey, vocab: Vocab, digest: str, data_file: Path) -> None:
         """Point the manifest at ``data_file`` (atomically), then drop the ids file it named before."""
-        from charrnn.checkpoint import write_atomic  # the same temp + fsync + rename as checkpoints
-
         manifest = {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
@@ -532,14 +669,24 @@ class _Cache:
             "data_bytes": data_file.stat().st_size,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        tmp_name = None
         try:
-            write_atomic(self.manifest_path, json.dumps(manifest, ensure_ascii=False).encode("utf-8"))
-        except OutputError:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}-", suffix=".json.tmp", dir=self.folder)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(json.dumps(manifest, ensure_ascii=False).encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, self.manifest_path)
+            tmp_name = None
+        except OSError as exc:
             _remove(data_file)
             raise OutputError(
-                f"cannot write the corpus cache in {self.folder}; free some disk space, choose another "
-                "--cache-dir, or pass --no-cache"
+                f"cannot write the corpus cache in {self.folder} ({exc.strerror or exc}); free some disk "
+                "space, choose another --cache-dir, or pass --no-cache"
             ) from None
+        finally:
+            if tmp_name is not None:
+                _remove(Path(tmp_name))
         if self._previous_data and self._previous_data != data_file.name:
             _remove(self.folder / Path(self._previous_data).name)
 
