@@ -15,6 +15,10 @@ from charrnn.errors import DataError
 from charrnn.model import CharRNN, detach_state
 
 LN2 = math.log(2.0)
+# During training, a validation split longer than this is scored on a seeded subset of this many
+# characters (--eval-chars), so that an evaluation takes seconds whatever the corpus size.
+DEFAULT_EVAL_CHARS = 2_000_000
+EVAL_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,25 @@ def eval_layout(n: int, batch_size: int, seq_len: int) -> tuple[int, int]:
     seq_len = min(seq_len, n - 1)
     streams = max(1, min(batch_size, (n - 1) // seq_len))
     return streams, seq_len
+
+
+def eval_subset(ids: np.ndarray, max_chars: int | None, seed: int, windows: int = EVAL_WINDOWS) -> np.ndarray:
+    """The characters to score: all of ``ids`` when it holds at most ``max_chars`` (None: about 2M),
+    else ``windows`` contiguous windows of max_chars // windows characters, joined.
+
+    Window i starts at a seeded random place inside the i-th of ``windows`` equal parts of ``ids``:
+    the subset spreads over the whole split, and the same seed picks the same characters at every
+    evaluation, so losses of one run compare (and "best" means best). Fewer windows if each would
+    hold less than 10,000 characters. A window seam costs a little context, as a stream start does.
+    """
+    limit = DEFAULT_EVAL_CHARS if max_chars is None else max_chars
+    if len(ids) <= limit:
+        return ids
+    count = max(1, min(windows, limit // 10_000))
+    width, part = limit // count, len(ids) // count
+    rng = np.random.default_rng(seed)
+    starts = [i * part + int(rng.integers(0, part - width + 1)) for i in range(count)]
+    return np.concatenate([np.asarray(ids[s : s + width]) for s in starts])
 
 
 @torch.no_grad()

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import checkpoint as ckpt_io
+from charrnn import distributed
 from charrnn.data import Batches, Corpus, split
 from charrnn.errors import ConfigError, DivergedError, OutputError
-from charrnn.evaluate import Loss, evaluate
+from charrnn.evaluate import Loss, eval_subset, evaluate
 from charrnn.model import CharRNN, ModelConfig, detach_state
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -28,6 +29,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # With no --max-steps, --max-epochs or --max-time, a run stops after this many steps: about
 # 10 minutes of the default model on a 2-core CPU (see README, "Choosing the defaults").
 DEFAULT_MAX_STEPS = 1500
+
+# Why a run stops, in rising order of precedence: with several processes the highest any of them
+# reports wins, so all stop at the same step for the same reason.
+STOP_REASONS = (None, "max_steps", "max_epochs", "max_time", "interrupt:SIGINT", "interrupt:SIGTERM")
 
 
 @dataclass
@@ -50,6 +55,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_batch_size: int = 32
     eval_seq_len: int = 256
+    eval_chars: int | None = None  # score at most this many validation characters (None: ~2M)
     val_frac: float = 0.1
     seed: int = 1337
     dtype: str = "fp32"
@@ -65,6 +71,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.eval_chars is not None and self.eval_chars < 2:
+            raise ConfigError(f"--eval-chars must be at least 2, got {self.eval_chars}")
         if self.max_time is not None and not self.max_time > 0:
             raise ConfigError(f"--max-time must be positive, got {self.max_time}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -218,8 +226,9 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
 
-        if config.dtype == "fp16" and self.device.type != "cuda":
-            raise ConfigError("--dtype fp16 needs a CUDA device; use bf16 or fp32 here")
+        if config.dtype != "fp32" and self.device.type != "cuda":
+            # oneDNN's CPU LSTM kernel has no bf16 autocast path, and fp16 needs CUDA's loss scaling.
+            raise ConfigError(f"--dtype {config.dtype} needs a CUDA device; use --dtype fp32 on {self.device.type}")
 
         # 1. Data: contiguous split, then each split laid out as parallel streams.
         self.train_ids, self.val_ids = split(corpus.ids, config.val_frac)
@@ -228,6 +237,7 @@ class Trainer:
                 f"--val-frac {config.val_frac} leaves {len(self.val_ids)} validation character(s) of "
                 f"{len(corpus):,}; raise --val-frac or use a longer text"
             )
+        self.eval_ids = eval_subset(self.val_ids, config.eval_chars, config.seed)  # the same at every evaluation
         self.batches = Batches(self.train_ids, config.batch_size, config.seq_len, rank, world_size)
         if config.max_epochs is None and config.max_steps is None:
             self.total_steps = None
@@ -251,6 +261,10 @@ class Trainer:
             fused=self.device.type == "cuda" or None,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.dtype == "fp16")
+        # Several processes: the same initial weights (seeded above), but each its own dropout stream.
+        self._distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        if world_size > 1:
+            torch.manual_seed(config.seed + rank)
         self.forward_model = self.model
         if wrap_model is not None:
             self.forward_model = wrap_model(self.model)
@@ -286,9 +300,7 @@ class Trainer:
         train_config = self.config.to_dict()
         train_config["device"] = str(self.device)
         train_config["world_size"] = self.world_size
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rng = self._rng_state()
         return ckpt_io.Checkpoint(
             path=None,
             model_config=self.model_config,
@@ -301,6 +313,7 @@ class Trainer:
                 "chars": len(self.corpus),
                 "sha256": self.corpus.sha256,
                 "val_frac": self.config.val_frac,
+                "separator": self.corpus.separator,
             },
             progress={
                 "step": self.step,
@@ -322,6 +335,12 @@ class Trainer:
             },
         )
 
+    def _rng_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
     def _restore(self, ckpt: ckpt_io.Checkpoint) -> None:
         """Continue exactly where ``ckpt`` stopped: weights, optimizer, RNG, data position, state."""
         self.model.load_state_dict(ckpt.model)
@@ -338,11 +357,18 @@ class Trainer:
         if resume.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(resume["scaler"])
         rng = resume.get("rng", {})
+        per_rank = resume.get("ranks")  # every process's RNG and carried state, from a run of several
+        exact = isinstance(per_rank, list) and len(per_rank) == self.world_size
+        if exact:
+            rng = per_rank[self.rank]["rng"]
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        saved_state = resume.get("state")
+        if self.world_size > 1 and not exact:
+            # Another process count: bitwise resume is off, but each process still needs its own stream.
+            torch.manual_seed(self.config.seed + self.rank + 7919 * self.step)
+        saved_state = per_rank[self.rank]["state"] if exact else resume.get("state")
         same_layout = resume.get("world_size", 1) == self.world_size
         if saved_state and same_layout and saved_state[0].shape[1] == self.config.batch_size:
             self.state = tuple(s.to(self.device) for s in saved_state)
@@ -353,9 +379,16 @@ class Trainer:
             self.state = self.model.init_state(self.config.batch_size, self.device)
 
     def _save(self, best: bool) -> None:
+        # Every process's RNG and carried state go into rank 0's checkpoint, so that a run resumed on
+        # as many processes continues exactly (a collective: every process comes here).
+        per_rank = None
+        if self._distributed:
+            per_rank = distributed.gather({"rng": self._rng_state(), "state": [s.detach().cpu() for s in self.state]})
         if not self.is_main:
             return
         ckpt = self._checkpoint()
+        if per_rank is not None:
+            ckpt.resume["ranks"] = per_rank
         ckpt_io.save(ckpt, self.last_path)
         if best:
             ckpt_io.save(ckpt, self.best_path)
@@ -384,20 +417,40 @@ class Trainer:
             return f"interrupt:{signal_name}"
         return None
 
+    def _agreed_stop_reason(self) -> str | None:
+        """``_stop_reason``, decided by all processes together (the most pressing reason any has wins)
+        at the largest elapsed time any has measured, so all stop at the same step and follow the
+        same --max-time schedule."""
+        reason = self._stop_reason()
+        if not self._distributed:
+            return reason
+        if reason not in STOP_REASONS:
+            reason = "interrupt:SIGINT"
+        code, self.elapsed = distributed.max_of([STOP_REASONS.index(reason), self.elapsed], self.device)
+        return STOP_REASONS[int(code)]
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.config.dtype == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.config.dtype])
 
     def evaluate(self) -> Loss:
-        return evaluate(
-            self.model,
-            self.val_ids,
-            batch_size=self.config.eval_batch_size,
-            seq_len=self.config.eval_seq_len,
-            device=self.device,
-            autocast=self.autocast(),
-        )
+        """The loss on the validation subset; with several processes rank 0's, on every process (the
+        weights are the same everywhere, so the others need not spend the time)."""
+        loss = Loss(nats=0.0, chars=0)
+        if self.is_main or not self._distributed:
+            loss = evaluate(
+                self.model,
+                self.eval_ids,
+                batch_size=self.config.eval_batch_size,
+                seq_len=self.config.eval_seq_len,
+                device=self.device,
+                autocast=self.autocast(),
+            )
+        if self._distributed:
+            nats, chars = distributed.from_main([loss.nats, loss.chars], self.device)
+            loss = Loss(nats=nats, chars=int(chars))
+        return loss
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -440,7 +493,7 @@ class Trainer:
         clock = time.perf_counter()
         stopped_by = None
         while stopped_by is None:
-            stopped_by = self._stop_reason()
+            stopped_by = self._agreed_stop_reason()
             if stopped_by is not None:
                 break
             # 1. Next batch; a new epoch starts every stream again from a zero state.
@@ -469,6 +522,9 @@ class Trainer:
             finite = math.isfinite(loss_value) and (
                 self.scaler.is_enabled() or bool(torch.isfinite(grad_norm))
             )
+            if self._distributed:  # one decision for all; the loss over the whole global batch
+                total, bad = distributed.sum_of([loss_value, 0.0 if finite else 1.0], self.device)
+                loss_value, finite = total / self.world_size, bad == 0
             if not finite:
                 if cfg.on_nan == "stop":
                     self.elapsed += time.perf_counter() - clock
