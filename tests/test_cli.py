@@ -141,7 +141,7 @@ def text_files(tmp_path):
         (["train", "{empty}"], 1, r"empty"),
         (["train", "{binary}"], 1, r"binary"),
         (["train", "{latin1}"], 1, r"not valid utf-8.*--encoding latin-1"),
-        (["train", "{tmp}"], 1, r"is a directory"),
+        (["train", "{tmp}/nothing/*.txt"], 1, r"matches no files.*quote it"),
         (["train", "{short}"], 1, r"too few for one batch.*--batch-size / --seq-len"),
         (["train", "{latin1}", "--device", "tpu"], 1, r"unknown --device 'tpu'"),
         (["train", "{latin1}", "--device", "cuda"], 1, r"CUDA is not available"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 import signal
 import sys
 import time
@@ -16,9 +18,12 @@ from rich.table import Table
 from tqdm import tqdm
 
 from charrnn import checkpoint as ckpt_io
+from charrnn import distributed
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Duration, UserError, format_duration, set_threads, stderr_console
+from charrnn.corpus_files import LoadedCorpus, describe_skipped, load_corpus
 from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
 from charrnn.errors import ConfigError
+from charrnn.evaluate import DEFAULT_EVAL_CHARS
 from charrnn.model import CELLS, ModelConfig
 from charrnn.sample import generate
 from charrnn.train import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer, check_writable, resolve_device
@@ -32,10 +37,13 @@ SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 class StopOnSignal:
     """First SIGINT/SIGTERM: ask the trainer to stop after this step. Second: stop at once."""
 
-    def __init__(self, console):
-        self.console = console
+    def __init__(self, console, coalesce_s: float = 0.0):
+        self.console = console  # None: say nothing (processes other than rank 0)
         self.received: str | None = None
         self._previous = {}
+        # Under torchrun a Ctrl-C reaches every process twice, from the terminal and forwarded by the
+        # launcher: a repeat this soon is the same signal, not a second one.
+        self.coalesce_s, self._at = coalesce_s, 0.0
 
     def __call__(self) -> str | None:
         return self.received
@@ -43,8 +51,12 @@ class StopOnSignal:
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.received is not None:
+            if time.monotonic() - self._at < self.coalesce_s:
+                return
             raise KeyboardInterrupt  # the second signal: leave now; saves are atomic
-        self.received = name
+        self.received, self._at = name, time.monotonic()
+        if self.console is None:
+            return
         with tqdm.external_write_mode(file=sys.stderr):
             self.console.print(f"[yellow]{name}: finishing this step and saving last.pt (press Ctrl-C again to quit at once)")
 
@@ -138,11 +150,82 @@ def _check_architecture(ctx: click.Context, source: ckpt_io.Checkpoint, flag_for
 EMBEDDED_NAME = "tinyshakespeare (embedded)"
 
 
-def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None) -> Corpus:
+def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None, separator: str = "\n",
+                 cache_dir: Path | None = None, exclude: tuple[Path, ...] = ()) -> tuple[Corpus, LoadedCorpus | None]:
+    """The corpus, and for a TEXT on disk how it was read (files joined and skipped, the cache)."""
     if text is None:
-        return Corpus.from_text(read_text(default_corpus_path()), EMBEDDED_NAME, vocab)
-    path = Path(text)
-    return Corpus.from_text(read_text(path, encoding), path.name, vocab, path=str(path.resolve()))
+        return Corpus.from_text(read_text(default_corpus_path()), EMBEDDED_NAME, vocab), None
+    loaded = load_corpus(text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir, exclude=exclude)
+    return loaded.corpus, loaded
+
+
+class Separator(click.ParamType):
+    """A string with the escapes \\n, \\t, \\r, \\0 and \\\\ understood (shells pass them literally)."""
+
+    name = "TEXT"
+    ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\"}
+
+    def convert(self, value, param, ctx):
+        def unescape(match):
+            if match.group(1) not in self.ESCAPES:
+                self.fail(f"unknown escape \\{match.group(1)} in {value!r}; use \\n, \\t, \\r, \\0 or \\\\", param, ctx)
+            return self.ESCAPES[match.group(1)]
+
+        return re.sub(r"\\(.)", unescape, value, flags=re.DOTALL)
+
+    @classmethod
+    def escape(cls, value: str) -> str:
+        """The inverse of ``convert``: what to put on a command line to get ``value`` back."""
+        for plain, escaped in (("\\", "\\\\"), ("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r"), ("\0", "\\0")):
+            value = value.replace(plain, escaped)
+        return value
+
+
+def _command_line(ctx: click.Context, leave_out: tuple[str, ...]) -> list[str]:
+    """The options and arguments given to this command, as a command line (for --nproc's processes)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name in leave_out or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            args.insert(0, str(value))
+        elif param.is_flag and param.secondary_opts:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            if value:
+                args.append(param.opts[0])
+        else:
+            args += [param.opts[0], Separator.escape(value) if isinstance(param.type, Separator) else str(value)]
+    return args
+
+
+def _launch(ctx: click.Context, nproc: int, device) -> None:
+    """--nproc N: run this same command in N processes through torch.distributed.run (torchrun's own
+    launcher, on this machine), wait for them, and exit with the first failure's exit code."""
+    import torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if device.type == "cuda" and device.index is not None:
+        raise ConfigError(f"--device {device} picks one GPU, but --nproc gives each process its own; pass --device cuda or auto")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc} wants a GPU per process, but there are {torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --device cpu")
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--nproc needs --device cuda or cpu, not {device.type}")
+    argv = ["--standalone", "--nproc-per-node", str(nproc), "-m", "charrnn", "train", *_command_line(ctx, ("nproc",))]
+    # The launcher's own notices (rendezvous details, "sending SIGINT to workers") are not for users;
+    # the workers' errors and rank 0's output still reach the terminal.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    try:
+        run(get_args_parser().parse_args(argv))
+    except ChildFailedError as exc:
+        _, failure = exc.get_first_failure()
+        code = failure.exitcode
+        ctx.exit(code if code > 0 else 128 - code if code < 0 else 1)  # killed by signal N: 128 + N
+    except SignalException as exc:
+        ctx.exit(SIGNAL_EXIT.get(exc.sigval.name, 130))
 
 
 @click.command()
@@ -178,6 +261,11 @@ def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None) -> Corpus
 @click.option("--init-from", type=click.Path(path_type=Path), default=None, help="Start a new run from this checkpoint's weights and vocabulary (fine-tuning).")
 @click.option("--force", is_flag=True, help="Overwrite checkpoints of an earlier run in --out-dir.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of TEXT, e.g. latin-1.")
+@click.option("--separator", type=Separator(), default="\n", show_default="\\n", help="Put between the files of a folder or glob (\\n, \\t, \\0 understood).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the encoded corpus is kept for the next run [default: OUT_DIR/cache].")
+@click.option("--no-cache", is_flag=True, help="Encode TEXT in memory at every start instead of caching it.")
+@click.option("--eval-chars", type=click.IntRange(min=2), default=None, help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,}].")
+@click.option("--nproc", type=click.IntRange(min=1), default=None, help="Train data-parallel in this many processes on this machine (one per GPU; gloo on CPU), started through torch.distributed.run. The global batch is --batch-size x NPROC. For several machines use torchrun.")
 @click.option("--sample-length", type=click.IntRange(min=0), default=300, show_default=True, help="Characters to sample from the best model at the end (0: none).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
@@ -188,14 +276,34 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     Checkpoints go to OUT_DIR (with --resume: the checkpoint's folder): last.pt at every evaluation
     and at the end, best.pt whenever the validation loss improves. Ctrl-C stops after the current step and saves last.pt; continue
     with --resume OUT_DIR/last.pt.
+
+    TEXT may be a file, a folder (every file below it) or a quoted glob such as 'linux/**/*.[ch]':
+    the files are joined in sorted path order with --separator between them, and binary or
+    undecodable files are skipped (and counted). It is encoded once into --cache-dir and memory-mapped,
+    so a corpus larger than memory trains, and the next run on unchanged files starts at once.
+
+    Several processes (data-parallel): `torchrun --nproc-per-node N -m charrnn train ...`, or --nproc N
+    on one machine. Each process trains --batch-size streams of its own, so the global batch is
+    --batch-size x N; rank 0 alone writes checkpoints and output. A run resumes on any number of
+    processes (exactly, bit for bit, on the same number).
     """
     console = stderr_console()
     set_threads(threads)
     if resume is not None and init_from is not None:
         raise UserError("--resume and --init-from cannot be combined; --resume continues a run, --init-from starts a new one")
     model_values = {k: options.pop(k) for k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout")}
+    separator, cache_dir, no_cache, nproc = (options.pop(k) for k in ("separator", "cache_dir", "no_cache", "nproc"))
     train_values = {**options, "compile": compile_}
     torch_device = resolve_device(device)
+    if nproc is not None and distributed.launched():
+        raise UserError("--nproc starts processes itself; drop it when running under torchrun")
+    if nproc is not None and nproc > 1:
+        return _launch(ctx, nproc, torch_device)
+    session = distributed.init(torch_device)  # one process, or this process's place under torchrun
+    ctx.call_on_close(session.close)  # also tells the others if setup fails here
+    torch_device = session.device
+    if not session.is_main:  # rank 0 speaks for the job
+        quiet, as_json, sample_length = True, False, 0
 
     # 1. Where we start from: a fresh model, a checkpoint's weights, or a whole run to continue.
     source = None
@@ -208,11 +316,20 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
         train_values = {k: (v if _given(ctx, k) or (k == "compile" and _given(ctx, "compile_")) else saved.get(k, v)) for k, v in train_values.items()}
         if text is None and source.corpus.get("path"):
             text = source.corpus["path"]
+            if not _given(ctx, "separator") and source.corpus.get("separator") is not None:
+                separator = source.corpus["separator"]
     elif init_from is not None:
         source = ckpt_io.load(init_from)
         _check_architecture(ctx, source, "fine-tune", model_values)
     vocab = Vocab(source.vocab) if source is not None else None
-    corpus = _load_corpus(text, encoding, vocab)
+    run_dir = Path(resume).parent if resume is not None and not _given(ctx, "out_dir") else out_dir
+    cache_dir = None if no_cache else (cache_dir or run_dir / "cache")
+    # Local rank 0 encodes (or checks) the cache first; the other processes on its machine then find it.
+    corpus, loaded = distributed.local_main_first(
+        session, lambda: _load_corpus(text, encoding, vocab, separator, cache_dir, (run_dir, cache_dir or run_dir))
+    )
+    if loaded is not None and loaded.skipped and session.is_main:
+        console.print(f"[yellow]{corpus.name}: {describe_skipped(loaded.skipped)}")
     if resume is not None and corpus.sha256 != source.corpus.get("sha256"):
         raise ConfigError(
             f"the text differs from the one {resume} was trained on; pass the same TEXT to resume, "
@@ -238,6 +355,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
             f"--resume {existing[0]}, pick another --out-dir, or pass --force to overwrite them"
         )
 
+    session.settle()  # every process got here: from now on they train together
     trainer = Trainer(
         model_config,
         config,
@@ -247,6 +365,9 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
         init_from=source if init_from is not None else None,
         resume=source if resume is not None else None,
         callback=None,
+        rank=session.rank,
+        world_size=session.world_size,
+        wrap_model=(lambda module: distributed.wrap(module, torch_device)) if session.active else None,
     )
     params = trainer.model.num_parameters()
     if not quiet:
@@ -255,11 +376,15 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
             f"{model_config.cell.upper()} {model_config.num_layers}x{model_config.hidden_size} "
             f"({params:,} parameters) on {torch_device}; {len(trainer.batches)} steps/epoch"
             + (f"; resuming at step {trainer.step}" if resume is not None else "")
+            + (f"; {session.world_size} processes, global batch {config.batch_size * session.world_size}" if session.active else "")
         )
+        if loaded is not None:
+            cached = {"hit": f"cached corpus reused from {loaded.cache_file}", "built": f"corpus encoded into {loaded.cache_file}", "off": "not cached"}
+            console.print(f"[dim]{loaded.files:,} file(s), {cached[loaded.cache]}")
     progress = Progress(console, quiet)
-    trainer.callback = progress
+    trainer.callback = progress if session.is_main else Callback()
     try:
-        with StopOnSignal(console) as stop:
+        with StopOnSignal(console if session.is_main else None, coalesce_s=2.0 if session.active else 0.0) as stop:
             trainer.should_stop = stop
             result = trainer.run()
     finally:
@@ -282,7 +407,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     }
     if not quiet:
         _print_summary(console, summary)
-    if interrupted:
+    if interrupted and session.is_main:
         console.print(f"Stopped by {result.stopped_by[10:]}; continue with: charrnn train --resume {result.last_path}")
     elif sample_length and result.best_path is not None and not quiet:
         best = ckpt_io.load(result.best_path)
