@@ -135,9 +135,8 @@ def init(device: torch.device, init_method: str | None = None) -> Session:
         backend = "gloo"
     else:
         raise ConfigError(f"--device {device.type} cannot train with several processes; use cuda or cpu")
-    kwargs = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
-                            timeout=TIMEOUT, **kwargs)
+                            timeout=TIMEOUT)
     return Session(rank, world_size, local_rank, device, backend, _settled=False)
 
 
