@@ -81,6 +81,22 @@ class Session:
                 f"process {self.rank} stopped: another process failed before training started (see its error)"
             )
 
+    def check_same(self, value: str, what: str) -> None:
+        """ConfigError on every process if ``value`` is not the same on all (a collective).
+
+        For what each process reads from its own disk: on several machines, a corpus path that holds
+        different files on one of them would otherwise train each rank on other text, silently.
+        """
+        if not self.active:
+            return
+        values = gather(value)
+        odd = [rank for rank, v in enumerate(values) if v != values[0]]
+        if odd:
+            raise ConfigError(
+                f"{what} differs between processes (rank 0 and rank(s) {', '.join(map(str, odd))}); "
+                "give every machine the same files at the same path"
+            )
+
     def settle(self) -> None:
         """Setup went well everywhere: from here on, failures are training's business."""
         self.agree()

@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.data import Corpus
+from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import Callback, TrainConfig, Trainer
 from conftest import TINY_MODEL, make_text
@@ -76,6 +77,10 @@ def _worker(rank: int, world: int, init_file: str, root: str) -> None:
     session = distributed.init(torch.device("cpu"), init_method=f"file://{init_file}")
     session.settle()
     root_path, c, seen = Path(root), corpus(), {}
+    try:  # what each process read from its own disk must agree
+        session.check_same(f"text of rank {rank}", "the text")
+    except ConfigError as exc:
+        seen["check_same"] = str(exc)
 
     def run(name, cfg, mc=None, resume=None, should_stop=lambda: None, wrap=None):
         rec = Recorder()
@@ -154,6 +159,12 @@ def test_loss_curve_matches_one_process_with_the_global_batch(two_process_runs, 
     assert r0["plain"]["losses"] == pytest.approx(rec.losses, rel=1e-5, abs=1e-6)
     assert r0["plain"]["vals"] == pytest.approx(rec.vals, rel=1e-5, abs=1e-6)
     _assert_same_params(r0["plain"]["params"], _params(single), atol=1e-5)
+
+
+def test_different_text_on_one_process_is_an_error_on_all(two_process_runs):
+    _, (r0, r1) = two_process_runs
+    assert r0["check_same"] == r1["check_same"]
+    assert "differs between processes (rank 0 and rank(s) 1); give every machine the same files" in r0["check_same"]
 
 
 def test_rank_zero_alone_writes_checkpoints(two_process_runs):

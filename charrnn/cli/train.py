@@ -328,6 +328,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     corpus, loaded = distributed.local_main_first(
         session, lambda: _load_corpus(text, encoding, vocab, separator, cache_dir, (run_dir, cache_dir or run_dir))
     )
+    session.check_same(corpus.sha256, f"the text of {corpus.name}")
     if loaded is not None and loaded.skipped and session.is_main:
         console.print(f"[yellow]{corpus.name}: {describe_skipped(loaded.skipped)}")
     if resume is not None and corpus.sha256 != source.corpus.get("sha256"):
