@@ -75,8 +75,17 @@ def _worker(rank: int, world: int, init_file: str, root: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     session = distributed.init(torch.device("cpu"), init_method=f"file://{init_file}")
-    session.settle()
     root_path, c, seen = Path(root), corpus(), {}
+    # Setup fails on rank 1 (what Session.close does for it): rank 0 hears of it instead of waiting.
+    if rank == 1:
+        session.agree(failed=True)
+    else:
+        try:
+            session.agree()
+        except distributed.PeerFailed as exc:
+            seen["peer_failed"] = str(exc)
+    session._settled = False  # start over for the scenarios below
+    session.settle()
     try:  # what each process read from its own disk must agree
         session.check_same(f"text of rank {rank}", "the text")
     except ConfigError as exc:
@@ -159,6 +168,11 @@ def test_loss_curve_matches_one_process_with_the_global_batch(two_process_runs, 
     assert r0["plain"]["losses"] == pytest.approx(rec.losses, rel=1e-5, abs=1e-6)
     assert r0["plain"]["vals"] == pytest.approx(rec.vals, rel=1e-5, abs=1e-6)
     _assert_same_params(r0["plain"]["params"], _params(single), atol=1e-5)
+
+
+def test_a_setup_failure_on_one_process_stops_the_others(two_process_runs):
+    _, (r0, _) = two_process_runs
+    assert "another process failed before training started" in r0["peer_failed"]
 
 
 def test_different_text_on_one_process_is_an_error_on_all(two_process_runs):
