@@ -4,9 +4,12 @@ memory-mapped cache.
     TEXT --resolve--> sorted files --pass 1--> characters, length --pass 2--> ids (.npy) + SHA-256
                                     (skip binary / undecodable)            (memory-mapped for training)
 
-Both passes read ``chunk_size`` bytes at a time through an incremental decoder, so a character whose
-bytes straddle two chunks is decoded once and right, and peak memory is a few chunks whatever the
-size of the corpus. The encoded ids are written to the file as they are made, never held whole.
+Both passes read ``chunk_size`` bytes at a time. Pass 1 checks them through an incremental decoder,
+so a character whose bytes straddle two chunks is decoded once and right; pass 2 cuts UTF-8 at
+character boundaries and maps the bytes to ids directly (other encodings are decoded again). Peak
+memory is a few chunks whatever the size of the corpus: the ids are written to the file as they are
+made, never held whole. An entry also records the vocabulary it was encoded with; a checkpoint's
+(fine-tuning, resuming, evaluating) that differs re-encodes it.
 
 The text of several files is their texts (BOM dropped) in sorted path order, joined by ``separator``.
 Its SHA-256 (of the UTF-8 bytes) is what ``Corpus.from_text`` gives for the same text, so the
@@ -426,7 +429,7 @@ def _count_reasons(skipped) -> dict[str, int]:
 
 
 def describe_skipped(skipped: tuple[Skipped, ...] | list[Skipped]) -> str:
-    """'3 files skipped (2 binary, 1 not utf-8), e.g. logo.png', for a one-line notice."""
+    """'3 file(s) skipped: 2 binary, 1 not utf-8; e.g. src/logo.png', for a one-line notice."""
     reasons = ", ".join(f"{n} {r}" for r, n in _count_reasons(skipped).items())
     return f"{len(skipped)} file(s) skipped: {reasons}; e.g. {skipped[0].path}"
 
