@@ -20,10 +20,12 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.data import Batches, Corpus, split
 from charrnn.errors import ConfigError, DivergedError, OutputError
-from charrnn.evaluate import Loss, eval_subset, evaluate
+from charrnn.evaluate import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, Loss, eval_subset, evaluate
 from charrnn.model import CharRNN, ModelConfig, detach_state
 
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "wsd", "step", "constant")
+# wsd: the share of the budget, at its end, over which the learning rate decays linearly.
+WSD_DECAY_FRAC = 0.2
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # With no --max-steps, --max-epochs or --max-time, a run stops after this many steps: about
@@ -55,7 +57,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_batch_size: int = 32
     eval_seq_len: int = 256
-    eval_chars: int | None = None  # score at most this many validation characters (None: ~2M)
+    eval_chars: int | None = None  # score at most this many validation characters (None: by device)
     val_frac: float = 0.1
     seed: int = 1337
     dtype: str = "fp32"
@@ -187,6 +189,8 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float, epoch: int) -> f
     """The learning rate for ``step`` (0-based): linear warm-up, then the chosen schedule.
 
     cosine: from lr down to lr * min_lr_frac over the run's budget (``progress`` 0..1).
+    wsd (warm-up, stable, decay): lr until the last WSD_DECAY_FRAC of the budget, then linearly down
+        to lr * min_lr_frac; a short budget spends most of its steps at the full rate.
     step: char-rnn's rule: at the end of every epoch from the ``lr_decay_after``-th on, lr *= lr_decay.
     """
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -194,6 +198,10 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float, epoch: int) -> f
     if cfg.schedule == "cosine":
         floor = cfg.lr * cfg.min_lr_frac
         return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "wsd":
+        floor = cfg.lr * cfg.min_lr_frac
+        into_decay = (min(1.0, progress) - (1.0 - WSD_DECAY_FRAC)) / WSD_DECAY_FRAC
+        return cfg.lr if into_decay <= 0 else cfg.lr - (cfg.lr - floor) * into_decay
     if cfg.schedule == "step":
         return cfg.lr * cfg.lr_decay ** max(0, epoch - max(1, cfg.lr_decay_after) + 1)
     return cfg.lr
@@ -237,7 +245,10 @@ class Trainer:
                 f"--val-frac {config.val_frac} leaves {len(self.val_ids)} validation character(s) of "
                 f"{len(corpus):,}; raise --val-frac or use a longer text"
             )
-        self.eval_ids = eval_subset(self.val_ids, config.eval_chars, config.seed)  # the same at every evaluation
+        eval_chars = config.eval_chars
+        if eval_chars is None:
+            eval_chars = DEFAULT_EVAL_CHARS if self.device.type == "cuda" else DEFAULT_EVAL_CHARS_CPU
+        self.eval_ids = eval_subset(self.val_ids, eval_chars, config.seed)  # the same at every evaluation
         self.batches = Batches(self.train_ids, config.batch_size, config.seq_len, rank, world_size)
         if config.max_epochs is None and config.max_steps is None:
             self.total_steps = None

@@ -171,6 +171,8 @@ def test_schedules():
     assert learning_rate(cfg, 0, 0.0, 0) == pytest.approx(0.1)
     assert learning_rate(cfg, 10, 0.1, 0) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.1)))
     assert learning_rate(cfg, 99, 1.0, 0) == pytest.approx(0.1)
+    wsd = TrainConfig(lr=1.0, schedule="wsd", warmup_steps=0, min_lr_frac=0.1, max_steps=100)
+    assert [learning_rate(wsd, 0, p, 0) for p in (0.0, 0.5, 0.8, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 1.0, 0.55, 0.1])
     step = TrainConfig(lr=1.0, schedule="step", warmup_steps=0, lr_decay=0.5, lr_decay_after=2, max_steps=1)
     assert [learning_rate(step, 0, 0, e) for e in range(4)] == [1.0, 1.0, 0.5, 0.25]
 

@@ -23,7 +23,7 @@ from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Durat
 from charrnn.corpus_files import LoadedCorpus, describe_skipped, load_corpus
 from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
 from charrnn.errors import ConfigError
-from charrnn.evaluate import DEFAULT_EVAL_CHARS
+from charrnn.evaluate import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU
 from charrnn.model import CELLS, ModelConfig
 from charrnn.sample import generate
 from charrnn.train import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer, check_writable, resolve_device
@@ -238,7 +238,7 @@ def _launch(ctx: click.Context, nproc: int, device) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.batch_size, show_default=True, help="Parallel streams per step (per process).")
 @click.option("--seq-len", "--seq-length", "seq_len", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.seq_len, show_default=True, help="Characters per stream per step (BPTT length).")
 @click.option("--lr", "--learning-rate", "lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr, show_default=True, help="Adam learning rate.")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=TRAIN_DEFAULTS.schedule, show_default=True, help="cosine: to lr*min-lr-frac over the budget; step: char-rnn's per-epoch decay; constant.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=TRAIN_DEFAULTS.schedule, show_default=True, help="cosine: to lr*min-lr-frac over the budget; wsd: constant, then linear to lr*min-lr-frac over the last 20%; step: char-rnn's per-epoch decay; constant.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True)
 @click.option("--min-lr-frac", type=click.FloatRange(0, 1), default=TRAIN_DEFAULTS.min_lr_frac, show_default=True, help="cosine: final lr as a fraction of --lr.")
 @click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=TRAIN_DEFAULTS.lr_decay, show_default=True, help="step: lr multiplier per epoch ...")
@@ -247,7 +247,7 @@ def _launch(ctx: click.Context, nproc: int, device) -> None:
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
 @click.option("--max-epochs", type=click.IntRange(min=1), default=None, help="Stop after this many passes over the training split.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help=f"Stop at this step, counted from the start of the run [default: {DEFAULT_MAX_STEPS} when no other budget is given].")
-@click.option("--max-time", type=Duration(), default=None, help="Wall-clock budget, e.g. 10m or 1h30m; the cosine schedule then follows the clock.")
+@click.option("--max-time", type=Duration(), default=None, help="Wall-clock budget, e.g. 10m or 1h30m; the cosine and wsd schedules then follow the clock.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.eval_every, show_default=True, help="Steps between validation passes and checkpoints.")
 @click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=TRAIN_DEFAULTS.val_frac, show_default=True, help="Last fraction of the text held out for validation.")
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
@@ -264,7 +264,7 @@ def _launch(ctx: click.Context, nproc: int, device) -> None:
 @click.option("--separator", type=Separator(), default="\n", show_default="\\n", help="Put between the files of a folder or glob (\\n, \\t, \\0 understood).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the encoded corpus is kept for the next run [default: OUT_DIR/cache].")
 @click.option("--no-cache", is_flag=True, help="Encode TEXT in memory at every start instead of caching it.")
-@click.option("--eval-chars", type=click.IntRange(min=2), default=None, help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,}].")
+@click.option("--eval-chars", type=click.IntRange(min=2), default=None, help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,} on a GPU, {DEFAULT_EVAL_CHARS_CPU:,} elsewhere].")
 @click.option("--nproc", type=click.IntRange(min=1), default=None, help="Train data-parallel in this many processes on this machine (one per GPU; gloo on CPU), started through torch.distributed.run. The global batch is --batch-size x NPROC. For several machines use torchrun.")
 @click.option("--sample-length", type=click.IntRange(min=0), default=300, show_default=True, help="Characters to sample from the best model at the end (0: none).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
@@ -322,7 +322,21 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
         source = ckpt_io.load(init_from)
         _check_architecture(ctx, source, "fine-tune", model_values)
     vocab = Vocab(source.vocab) if source is not None else None
-    run_dir = Path(resume).parent if resume is not None and not _given(ctx, "out_dir") else out_dir
+    # 2. Before any real work: the out dir must be writable, and another run's checkpoints are never
+    #    overwritten by accident. --resume continues in the checkpoint's folder unless told otherwise.
+    if resume is not None and not _given(ctx, "out_dir"):
+        out_dir = Path(resume).parent
+    run_dir = out_dir
+    check_writable(out_dir)
+    existing = [p for p in (out_dir / "last.pt", out_dir / "best.pt") if p.exists()]
+    continuing = resume is not None and Path(resume).resolve().parent == out_dir.resolve()
+    if existing and not force and not continuing:
+        raise UserError(
+            f"{out_dir} already holds checkpoints of another run ({existing[0].name}); continue it with "
+            f"--resume {existing[0]}, pick another --out-dir, or pass --force to overwrite them"
+        )
+
+    # 3. The text, read once into a memory-mapped cache (or from it).
     cache_dir = None if no_cache else (cache_dir or run_dir / "cache")
     # Local rank 0 encodes (or checks) the cache first; the other processes on its machine then find it.
     corpus, loaded = distributed.local_main_first(
@@ -344,18 +358,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
         model_config = ModelConfig(vocab_size=len(corpus.vocab), **model_values)
     config = TrainConfig(**train_values)
 
-    # 2. Never overwrite another run's checkpoints by accident.
-    if resume is not None and not _given(ctx, "out_dir"):
-        out_dir = Path(resume).parent  # continue the run where it lives
-    check_writable(out_dir)
-    existing = [p for p in (out_dir / "last.pt", out_dir / "best.pt") if p.exists()]
-    continuing = resume is not None and Path(resume).resolve().parent == out_dir.resolve()
-    if existing and not force and not continuing:
-        raise UserError(
-            f"{out_dir} already holds checkpoints of another run ({existing[0].name}); continue it with "
-            f"--resume {existing[0]}, pick another --out-dir, or pass --force to overwrite them"
-        )
-
+    # 4. Train.
     session.settle()  # every process got here: from now on they train together
     trainer = Trainer(
         model_config,
@@ -391,7 +394,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     finally:
         progress.close()
 
-    # 3. Report.
+    # 5. Report.
     interrupted = result.stopped_by.startswith("interrupt")
     summary = {
         "steps": result.steps,
