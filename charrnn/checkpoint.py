@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import torch
 
 from charrnn import __version__
 from charrnn.errors import CheckpointError, ConfigError, OutputError
+from charrnn.fsio import replace_atomic
 from charrnn.model import CharRNN, ModelConfig
 
 FORMAT_KEY = "format"
@@ -110,44 +109,15 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
 
 
 def write_atomic(path: Path, payload) -> None:
-    """Write bytes to a temp file beside ``path``, fsync, then rename over ``path`` (and fsync the folder)."""
-    folder = path.parent
-    tmp_name = None
+    """Write ``payload`` to ``path`` atomically and durably: a temp file beside it, fsync, rename over
+    ``path``, fsync the folder. OutputError (the old file untouched, no temp file left) on failure."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_dir(folder)
+        replace_atomic(path, payload)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
         raise OutputError(
-            f"cannot write {path} ({reason}); free some disk space or choose another --out-dir "
+            f"cannot write {path} ({exc.strerror or exc}); free some disk space or choose another --out-dir "
             "(earlier checkpoints are untouched)"
         ) from None
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform (e.g. Windows); the rename itself is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path: str | Path) -> Checkpoint:

@@ -56,6 +56,7 @@ from charrnn.data import (
     unknown_encoding_message,
 )
 from charrnn.errors import ConfigError, DataError, OutputError
+from charrnn.fsio import replace_atomic
 
 CHUNK_SIZE = 8 << 20  # bytes read (and decoded, and encoded) at a time
 CACHE_FORMAT = "charrnn-corpus-cache"
@@ -672,24 +673,14 @@ class _Cache:
             "data_bytes": data_file.stat().st_size,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        tmp_name = None
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}-", suffix=".json.tmp", dir=self.folder)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(json.dumps(manifest, ensure_ascii=False).encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, self.manifest_path)
-            tmp_name = None
+            replace_atomic(self.manifest_path, json.dumps(manifest, ensure_ascii=False).encode("utf-8"))
         except OSError as exc:
             _remove(data_file)
             raise OutputError(
                 f"cannot write the corpus cache in {self.folder} ({exc.strerror or exc}); free some disk "
                 "space, choose another --cache-dir, or pass --no-cache"
             ) from None
-        finally:
-            if tmp_name is not None:
-                _remove(Path(tmp_name))
         if self._previous_data and self._previous_data != data_file.name:
             _remove(self.folder / Path(self._previous_data).name)
 
