@@ -81,7 +81,7 @@ def _generate(model, chars, ids, length, temperature, top_k, argmax, num_samples
         if argmax:
             nxt = logits.argmax(dim=1)
         else:
-            scaled = logits / temperature
+            scaled = logits / temperature if temperature != 1.0 else logits
             if top_k is not None and top_k < scaled.shape[1]:
                 kth = torch.topk(scaled, top_k, dim=1).values[:, -1:]
                 scaled = scaled.masked_fill(scaled < kth, float("-inf"))

@@ -85,8 +85,12 @@ class StepModel:
                     gates = torch.addmm(w["table"][idx], h, w["w_hh_t"])  # (B, 4H)
                 else:
                     gates = torch.addmm(w["b"], torch.cat([x, h], dim=1), w["w_t"])
-                i, f, g, o = gates.chunk(4, dim=1)
-                i, f, o, g = i.sigmoid(), f.sigmoid(), o.sigmoid(), g.tanh()
+                # One sigmoid over all four gates (the g slice of it goes unused; g takes its tanh):
+                # fewer kernel launches matter at one character per step.
+                act = gates.sigmoid()
+                H = self.hidden_size
+                g = gates[:, 2 * H : 3 * H].tanh()
+                i, f, o = act[:, :H], act[:, H : 2 * H], act[:, 3 * H :]
                 c = f * c + i * g
                 h = o * c.tanh()
                 cs.append(c)
