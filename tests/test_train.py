@@ -167,7 +167,7 @@ def test_init_from_copies_weights_not_progress(tmp_path):
 
 
 def test_schedules():
-    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_frac=0.1, max_steps=100)
+    cfg = TrainConfig(lr=1.0, schedule="cosine", warmup_steps=10, min_lr_frac=0.1, max_steps=100)
     assert learning_rate(cfg, 0, 0.0, 0) == pytest.approx(0.1)
     assert learning_rate(cfg, 10, 0.1, 0) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.1)))
     assert learning_rate(cfg, 99, 1.0, 0) == pytest.approx(0.1)
