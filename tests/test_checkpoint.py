@@ -1,7 +1,5 @@
-import io
 import os
 import pickle
-import zipfile
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """The CUDA-oriented code paths (autocast dtypes, torch.compile), exercised on the CPU where they can be."""
 
 import functools
-import math
 
 import pytest
 import torch

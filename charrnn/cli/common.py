@@ -53,7 +53,6 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)  # a line stays one line (copy-pastable commands)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
 
