@@ -12,8 +12,8 @@ from rich.table import Table
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli.common import echo_json, format_duration
 from charrnn.data import escape_char
+from charrnn.evaluate import LN2
 
-LN2 = math.log(2.0)
 SPARK = "▁▂▃▄▅▆▇█"
 
 

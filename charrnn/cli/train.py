@@ -23,7 +23,7 @@ from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Durat
 from charrnn.corpus_files import LoadedCorpus, describe_skipped, load_corpus
 from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
 from charrnn.errors import ConfigError
-from charrnn.evaluate import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU
+from charrnn.evaluate import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
 from charrnn.model import CELLS, ModelConfig
 from charrnn.sample import generate
 from charrnn.train import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer, check_writable, resolve_device
@@ -402,7 +402,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
         "elapsed_s": round(result.elapsed, 1),
         "eval_s": round(result.eval_seconds, 1),
         "best_val_loss": result.best_val_loss,
-        "best_val_bpc": result.best_val_loss / 0.6931471805599453 if result.best_val_loss is not None else None,
+        "best_val_bpc": result.best_val_loss / LN2 if result.best_val_loss is not None else None,
         "last_val_loss": result.last_val_loss,
         "stopped_by": result.stopped_by,
         "last": str(result.last_path),
