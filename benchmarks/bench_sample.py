@@ -1,8 +1,10 @@
 """Sampling throughput of a randomly initialised model, three ways, for 1 and for 32 streams:
 
-  naive     CharRNN.forward on (N, 1) per character: nn.LSTM with a sequence of length one
-  step      StepModel.step per character: the fused inference step charrnn samples with
-  generate  the charrnn.sample.generate iterator, as `charrnn sample` and library users get it
+  naive      CharRNN.forward on (N, 1) per character: nn.LSTM with a sequence of length one
+  step-blas  StepModel(backend="blas").step per character: the fused step with MKL/BLAS addmm products
+  step       StepModel.step per character: the fused step as charrnn samples with it (on the CPU, its
+             products through oneDNN with packed weights when available; "backend" in the JSON)
+  generate   the charrnn.sample.generate iterator, as `charrnn sample` and library users get it
 
 Each draws the next character the same way generate does at temperature 1 (softmax, multinomial),
 so (generate - step) is the iterator's own overhead. Rates are characters per second summed over
@@ -24,7 +26,7 @@ from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
 from charrnn.step import StepModel
 
-METHODS = ("naive", "step", "generate")
+METHODS = ("naive", "step-blas", "step", "generate")
 TARGETS = {1: 1000.0, 32: 6000.0}  # chars/s from issue 3, for a 2x512 LSTM
 # One thread unless --threads says otherwise: a smoke run must not stall on a busy machine.
 QUICK = {"length": 30, "warmup": 3, "repeats": 1, "bandwidth_mb": 64, "threads": 1}
@@ -48,11 +50,10 @@ def run_naive(model: CharRNN, streams: int, length: int) -> list[float]:
 
 
 @torch.no_grad()
-def run_step(model: CharRNN, streams: int, length: int) -> list[float]:
+def run_step(stepper: StepModel, model: CharRNN, streams: int, length: int) -> list[float]:
     generator = torch.Generator().manual_seed(0)
     logits, state = model(torch.zeros(streams, 1, dtype=torch.long))
     logits = logits[:, -1]
-    stepper = StepModel(model)
     times = []
     for _ in range(length):
         nxt = draw(logits, generator)
@@ -71,15 +72,6 @@ def run_generate(model: CharRNN, vocab: Vocab, streams: int, length: int) -> lis
 def rate(times: list[float], streams: int) -> float:
     """Characters per second over all streams, from the first timestamp to the last."""
     return (len(times) - 1) * streams / (times[-1] - times[0])
-
-
-def weight_bytes_per_step(stepper: StepModel, streams: int) -> int:
-    """Bytes of weights StepModel reads for one step: every matrix once, one table row per stream."""
-    total = stepper.head_w_t.nbytes + stepper.head_b.nbytes
-    for layer in stepper.layers:
-        for key, tensor in layer.items():
-            total += tensor[0].nbytes * streams if key == "table" else tensor.nbytes
-    return total
 
 
 def copy_bandwidth(megabytes: int, repeats: int = 5) -> float:
@@ -139,13 +131,16 @@ def main(argv=None) -> None:
     model = CharRNN(config).eval()
     # generate() only needs the characters; any args.vocab_size distinct ones will do.
     vocab = Vocab("".join(sorted(chr(ord("\n") if i == 0 else 31 + i) for i in range(args.vocab_size))))
+    stepper, blas_stepper = StepModel(model), StepModel(model, backend="blas")
     methods = {
         "naive": lambda n, length: run_naive(model, n, length),
-        "step": lambda n, length: run_step(model, n, length),
+        "step-blas": lambda n, length: run_step(blas_stepper, model, n, length),
+        "step": lambda n, length: run_step(stepper, model, n, length),
         "generate": lambda n, length: run_generate(model, vocab, n, length),
     }
     name = f"{args.cell.upper()} {args.num_layers}x{args.hidden_size}"
-    print(f"{name}, embedding {args.embedding_size}, vocab {args.vocab_size}, {model.num_parameters():,} parameters", file=sys.stderr)
+    print(f"{name}, embedding {args.embedding_size}, vocab {args.vocab_size}, {model.num_parameters():,} parameters, "
+          f"step backend {stepper.backend}", file=sys.stderr)
 
     results = []
     for streams in args.streams:
@@ -162,7 +157,7 @@ def main(argv=None) -> None:
                 peak = common.peak_rss_mb()
                 peaks[method] = max(peaks[method] or 0.0, peak or 0.0) or None
                 rates[method].append(rate(times, streams))
-        row = {"streams": streams, "length": args.length, "repeats": args.repeats}
+        row = {"streams": streams, "length": args.length, "repeats": args.repeats, "backend": stepper.backend}
         for method in METHODS:
             row[method] = {
                 "chars_per_s": common.median(rates[method]),
@@ -180,14 +175,15 @@ def main(argv=None) -> None:
     bound = None
     if args.bandwidth_mb:
         bandwidth = copy_bandwidth(args.bandwidth_mb)
-        weights = weight_bytes_per_step(StepModel(model), 1)
+        weights = stepper.weight_bytes_per_step(1)
         bound = {"copy_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes_per_step": weights,
                  "one_stream_chars_per_s": bandwidth / weights}
 
-    columns = ["streams", "naive ch/s", "step ch/s", "generate ch/s", "target", "met", "step/naive",
+    columns = ["streams", "naive ch/s", "step-blas ch/s", "step ch/s", "generate ch/s", "target", "met", "step/naive",
                "gen overhead", "spread", "peak MiB"]
     rows = [
-        [r["streams"], common.fmt(r["naive"]["chars_per_s"]), common.fmt(r["step"]["chars_per_s"]),
+        [r["streams"], common.fmt(r["naive"]["chars_per_s"]), common.fmt(r["step-blas"]["chars_per_s"]),
+         common.fmt(r["step"]["chars_per_s"]),
          common.fmt(r["generate"]["chars_per_s"]), common.fmt(r["target_chars_per_s"]),
          {None: "-", True: "yes", False: "NO"}[r["meets_target"]], f"{r['step_speedup']:.2f}x",
          f"{r['generate_overhead']:.0%}", f"{max(r[m]['spread'] for m in METHODS):.0%}",

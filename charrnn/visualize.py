@@ -155,7 +155,7 @@ def run(
     """
     probes = list(probes)
     stepper = StepModel(model)
-    device = stepper.head_w_t.device
+    device = stepper.device
     state = stepper.init_state(1)
     ids = np.asarray(ids, dtype=np.int64)  # Vocab.encode gives the smallest unsigned type; gather needs int64
     all_ids = torch.as_tensor(ids, device=device)

@@ -14,7 +14,7 @@ from torch import nn
 from charrnn.data import Vocab
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
-from charrnn.step import LayerInternals, StepModel
+from charrnn.step import LayerInternals, Linear, StepModel, onednn_usable
 
 ATOL = 1e-5
 VOCAB_SIZE = 11
@@ -52,6 +52,12 @@ def random_state(model: CharRNN, batch_size: int) -> tuple[torch.Tensor, ...]:
     return tuple(0.5 * torch.randn(s.shape, generator=generator) for s in model.init_state(batch_size))
 
 
+ONEDNN = onednn_usable(torch.zeros(1))
+BACKENDS = [
+    pytest.param("blas", id="blas"),
+    pytest.param("onednn", id="onednn", marks=pytest.mark.skipif(not ONEDNN, reason="PyTorch built without oneDNN")),
+]
+
 CASES = [
     pytest.param(cell, layers, batch, nonlin, id=f"{cell}{'-relu' if nonlin == 'relu' else ''}-{layers}L-B{batch}")
     for cell, nonlin in (("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu"))
@@ -62,7 +68,8 @@ CASES = [
 
 @pytest.mark.parametrize("cell, num_layers, batch_size, nonlinearity", CASES)
 @pytest.mark.parametrize("zero_state", [True, False], ids=["zero-state", "random-state"])
-def test_step_matches_forward(cell, num_layers, batch_size, nonlinearity, zero_state):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_matches_forward(cell, num_layers, batch_size, nonlinearity, zero_state, backend):
     model = build(cell, num_layers, nonlinearity)
     idx = torch.randint(0, VOCAB_SIZE, (batch_size, SEQ_LEN), generator=torch.Generator().manual_seed(3))
     state = model.init_state(batch_size) if zero_state else random_state(model, batch_size)
@@ -72,7 +79,8 @@ def test_step_matches_forward(cell, num_layers, batch_size, nonlinearity, zero_s
         want_logits, want_state = model(idx, state)  # (B, T, V), each (L, B, H)
 
     # 2. The same characters one at a time through the fused step.
-    stepper = StepModel(model)
+    stepper = StepModel(model, backend=backend)
+    assert stepper.backend == backend
     step_state = state
     for t in range(SEQ_LEN):
         logits, step_state = stepper.step(idx[:, t], step_state)  # (B, V)
@@ -82,6 +90,49 @@ def test_step_matches_forward(cell, num_layers, batch_size, nonlinearity, zero_s
     for got, want in zip(step_state, want_state):
         assert got.shape == want.shape == (num_layers, batch_size, model.config.hidden_size)
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="PyTorch built without oneDNN")
+def test_auto_backend_takes_onednn_on_a_float32_cpu_model():
+    assert StepModel(build("lstm", 2)).backend == "onednn"
+
+
+def test_auto_backend_falls_back_to_blas_when_the_onednn_operator_fails(monkeypatch):
+    """The packed product is a private PyTorch operator: if it breaks, sampling must still work."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("operator changed")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", broken, raising=False)
+    model = build("lstm", 2)
+    stepper = StepModel(model)
+    assert stepper.backend == "blas"
+    idx = torch.tensor([[1], [4]])
+    with torch.no_grad():
+        want, _ = model(idx)
+    got, _ = stepper.step(idx[:, 0], stepper.init_state(2))
+    torch.testing.assert_close(got, want[:, 0], atol=ATOL, rtol=0)
+    with pytest.raises(RuntimeError, match="operator changed"):
+        StepModel(model, backend="onednn")
+
+
+def test_auto_backend_uses_blas_where_onednn_cannot_serve():
+    model = build("gru", 2).double()
+    stepper = StepModel(model)
+    assert stepper.backend == "blas"
+    with pytest.raises(ValueError, match="float32 CPU"):
+        Linear(torch.zeros(4, 3, dtype=torch.float64), None, backend="onednn")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_linear_computes_x_times_weight_transposed_plus_bias(backend, bias):
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randn(7, 5, generator=generator)
+    b = torch.randn(7, generator=generator) if bias else None
+    x = torch.randn(3, 5, generator=generator)
+    want = x @ weight.t() + (b if bias else 0)
+    torch.testing.assert_close(Linear(weight, b, backend)(x), want, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
