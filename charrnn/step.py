@@ -5,7 +5,7 @@ character. Here each layer is one matrix multiply instead:
 
 - layer 0: the embedding is folded into the input weights, ``table = E @ W_ih^T + b`` (V, G*H), so the
   input half of the gates is a row lookup and only ``h @ W_hh^T`` is multiplied;
-- layers > 0 (LSTM, RNN): ``[x, h] @ [W_ih, W_hh]^T + (b_ih + b_hh)`` in one ``addmm``;
+- layers > 0 (LSTM, RNN): ``[x, h] @ [W_ih, W_hh]^T + (b_ih + b_hh)`` in one product;
 - GRU keeps the input and hidden products apart because its candidate gate needs ``r * (W_hn h + b_hn)``.
 
 On the CPU, for several streams at once, each of those products runs through oneDNN with its weight
