@@ -270,7 +270,9 @@ class Trainer:
             self.model.parameters(),
             lr=config.lr,
             weight_decay=config.weight_decay,
-            fused=self.device.type == "cuda" or None,
+            # One fused kernel for the whole update, on the CPU too, instead of the default for-each
+            # ops (a gain of a few percent of a step; bench_train.py's ratios show it).
+            fused=self.device.type in ("cuda", "cpu") or None,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.dtype == "fp16")
         # Several processes: the same initial weights (seeded above), but each its own dropout stream.
