@@ -104,10 +104,15 @@ class Linear:
     def _onednn(self, x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """The product, plus ``add`` (same shape as the result) if given: one ``addmm`` on BLAS."""
         if self.packed is not None and (self.always_onednn or onednn_wins(x.shape[0])):
-            return self._onednn(x, self.packed)
-        return self._blas(x)
+            out = self._onednn(x, self.packed)
+            return out if add is None else out.add_(add)
+        if add is not None and self.bias is None:
+            return torch.addmm(add, x, self.weight_t)
+        out = self._blas(x)
+        return out if add is None else out.add_(add)
 
 
 class StepModel:
@@ -176,7 +181,7 @@ class StepModel:
             if self.cell == "lstm":
                 c = state[1][layer]
                 if layer == 0:
-                    gates = w["hh"](h) + w["table"][idx]  # (B, 4H)
+                    gates = w["hh"](h, add=w["table"][idx])  # (B, 4H)
                 else:
                     gates = w["cat"](torch.cat([x, h], dim=1))
                 # One sigmoid over all four gates (the g slice of it goes unused; g takes its tanh):
@@ -203,7 +208,7 @@ class StepModel:
                     internals.append(LayerInternals(h, None, {"reset": r, "update": z, "candidate": n}))
             else:
                 if layer == 0:
-                    pre = w["hh"](h) + w["table"][idx]
+                    pre = w["hh"](h, add=w["table"][idx])
                 else:
                     pre = w["cat"](torch.cat([x, h], dim=1))
                 h = self.activation(pre)

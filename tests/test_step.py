@@ -127,13 +127,17 @@ def test_auto_backend_uses_blas_where_onednn_cannot_serve():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_linear_computes_x_times_weight_transposed_plus_bias(backend, bias):
+@pytest.mark.parametrize("rows", [1, 4])
+def test_linear_computes_x_times_weight_transposed_plus_bias(backend, bias, rows):
     generator = torch.Generator().manual_seed(5)
     weight = torch.randn(7, 5, generator=generator)
     b = torch.randn(7, generator=generator) if bias else None
-    x = torch.randn(3, 5, generator=generator)
+    x = torch.randn(rows, 5, generator=generator)
+    add = torch.randn(rows, 7, generator=generator)
     want = x @ weight.t() + (b if bias else 0)
-    torch.testing.assert_close(Linear(weight, b, backend)(x), want, atol=ATOL, rtol=0)
+    linear = Linear(weight, b, backend)
+    torch.testing.assert_close(linear(x), want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(linear(x, add=add.clone()), want + add, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
