@@ -181,7 +181,7 @@ class StepModel:
             if self.cell == "lstm":
                 c = state[1][layer]
                 if layer == 0:
-                    gates = w["hh"](h, add=w["table"][idx])  # (B, 4H)
+                    gates = w["hh"](h, add=w["table"].index_select(0, idx))  # (B, 4H)
                 else:
                     gates = w["cat"](torch.cat([x, h], dim=1))
                 # One sigmoid over all four gates (the g slice of it goes unused; g takes its tanh):
@@ -196,7 +196,7 @@ class StepModel:
                 if internals is not None:
                     internals.append(LayerInternals(h, c, {"input": i, "forget": f, "cell": g, "output": o}))
             elif self.cell == "gru":
-                gi = w["table"][idx] if layer == 0 else w["in"](x)
+                gi = w["table"].index_select(0, idx) if layer == 0 else w["in"](x)
                 gh = w["hh"](h)
                 i_r, i_z, i_n = gi.chunk(3, dim=1)
                 h_r, h_z, h_n = gh.chunk(3, dim=1)
@@ -208,7 +208,7 @@ class StepModel:
                     internals.append(LayerInternals(h, None, {"reset": r, "update": z, "candidate": n}))
             else:
                 if layer == 0:
-                    pre = w["hh"](h, add=w["table"][idx])
+                    pre = w["hh"](h, add=w["table"].index_select(0, idx))
                 else:
                     pre = w["cat"](torch.cat([x, h], dim=1))
                 h = self.activation(pre)
