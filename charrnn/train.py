@@ -368,6 +368,9 @@ class Trainer:
         resume = ckpt.resume or {}
         if "optimizer" in resume:
             self.optimizer.load_state_dict(resume["optimizer"])
+            for group in self.optimizer.param_groups:
+                # The saved groups carry the saving machine's kernel choice; this device decides.
+                group["fused"], group["foreach"] = self.optimizer.defaults["fused"], self.optimizer.defaults["foreach"]
         if resume.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(resume["scaler"])
         rng = resume.get("rng", {})

@@ -84,6 +84,20 @@ def test_resume_is_exact(tmp_path, schedule):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_resume_takes_this_devices_optimizer_kernel(tmp_path):
+    """A checkpoint whose optimizer groups say fused=None (an older run, or another device) resumes fused on the CPU."""
+    c = corpus()
+    mc = model_config(c)
+    Trainer(mc, train_config(max_steps=2, eval_every=100), c, tmp_path / "run").run()
+    ckpt = ckpt_io.load(tmp_path / "run" / "last.pt")
+    for group in ckpt.resume["optimizer"]["param_groups"]:
+        assert group["fused"] is True
+        group["fused"] = None
+    trainer = Trainer(mc, train_config(max_steps=3, eval_every=100), c, tmp_path / "run", resume=ckpt)
+    assert all(group["fused"] is True for group in trainer.optimizer.param_groups)
+    assert trainer.run().steps == 3
+
+
 def test_resume_crosses_an_epoch_boundary(tmp_path):
     c = corpus()
     mc = model_config(c)
