@@ -10,8 +10,9 @@ character. Here each layer is one matrix multiply instead:
 
 On the CPU, for several streams at once, each of those products runs through oneDNN with its weight
 packed once, ahead of time, into the layout oneDNN's kernels read (the way PyTorch's own frozen and
-compiled CPU graphs run a linear layer): 1.3-3x faster than MKL's ``addmm`` on these shapes on our
-2-core Zen 3 (``benchmarks/bench_sample.py``); for one stream ``addmm`` is as fast, and is kept. The
+compiled CPU graphs run a linear layer): 1.2-4.4x faster than MKL's ``addmm`` on these shapes where
+``onednn_wins`` picks it, on our 2-core Zen 3 (``benchmarks/bench_linear.py``); for one stream
+``addmm`` is as fast or faster, and is kept. The
 packed path uses a PyTorch operator outside the public API, so it is prepared only after a probe
 product agrees with ``addmm``; anything else (no oneDNN, a GPU, not float32, an operator that
 changed) uses ``addmm``. ``backend`` forces either; the packed copy costs a second copy of the weights.
@@ -56,8 +57,9 @@ def onednn_usable(weight: torch.Tensor) -> bool:
 def onednn_wins(rows: int) -> bool:
     """Whether the packed oneDNN product beats BLAS for ``rows`` streams at the current thread count.
 
-    Measured on a 2-core Zen 3 (``benchmarks/bench_sample.py``): for one row MKL's GEMV is as fast
-    or faster; from 2 rows with 2+ threads, and from 4 rows on one thread, oneDNN is 1.3-3x faster.
+    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-012204): for one
+    row MKL's GEMV is as fast or faster; from 2 rows with 2 threads oneDNN was 1.9-4.4x faster, and on
+    one thread from 4 rows 1.2-2.6x (for 2-3 rows there it was 0.9-1.1x, so BLAS stays).
     """
     return rows >= 4 or (rows >= 2 and torch.get_num_threads() > 1)
 
@@ -72,7 +74,6 @@ class Linear:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: Backend = "auto"):
-        self.out_features, self.in_features = weight.shape
         self.nbytes = weight.nbytes + (bias.nbytes if bias is not None else 0)  # weights read per product
         self.bias = None if bias is None else bias.detach().clone()
         self.weight_t = weight.detach().t().contiguous()  # (K, N), for addmm and the probe
@@ -85,7 +86,7 @@ class Linear:
             raise ValueError("the oneDNN backend needs a float32 CPU weight and a PyTorch built with oneDNN")
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
-            probe = torch.randn(3, self.in_features, generator=torch.Generator().manual_seed(0))
+            probe = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0))
             want = self._blas(probe)
             got = self._onednn(probe, packed)
             scale = want.abs().max().item() + 1.0
