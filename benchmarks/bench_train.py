@@ -12,7 +12,13 @@ charrnn, bare, ...) so that drift in the machine's speed hits both alike:
            on_step to the last step's on_step.
 
 Peak memory comes from separate short child processes, one per (configuration, loop), so that the
-two models in the timing process do not add up. Usage: python benchmarks/bench_train.py --help
+two models in the timing process do not add up: resident memory, and on CUDA the GPU memory
+PyTorch allocated (torch.cuda.max_memory_allocated).
+
+--device cuda runs both loops on the GPU, --dtype bf16|fp16 under autocast (fp16 with a GradScaler
+in both). There, every step's timestamp is taken after torch.cuda.synchronize() in both loops, so a
+step counts when its kernels have finished, not when they were queued.
+Usage: python benchmarks/bench_train.py --help
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from charrnn.cli.common import stderr_console
 from charrnn.cli.train import Progress
 from charrnn.data import Corpus, default_corpus_path, read_text, split
 from charrnn.model import ModelConfig
-from charrnn.train import Callback, TrainConfig, Trainer
+from charrnn.train import DTYPES, Callback, TrainConfig, Trainer
 
 EMBEDDING_SIZE = 64
 LR = 2e-3
@@ -85,14 +91,24 @@ class BareModel(nn.Module):
         return self.head(out), state  # (B, T, V)
 
 
+def stamp(device: torch.device) -> float:
+    """The time now, once the device has finished the work queued so far."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class BareLoop:
     """The plain truncated-BPTT loop over ``batch_size`` contiguous streams of ``ids``."""
 
-    def __init__(self, spec: Spec, ids: np.ndarray, vocab_size: int, seed: int = 0):
+    def __init__(self, spec: Spec, ids: np.ndarray, vocab_size: int, seed: int = 0,
+                 device: str = "cpu", dtype: str = "fp32"):
         torch.manual_seed(seed)
         self.spec, self.vocab_size = spec, vocab_size
-        self.model = BareModel(spec, vocab_size)
+        self.device, self.dtype = torch.device(device), dtype
+        self.model = BareModel(spec, vocab_size).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == "fp16")
         stream_len = (len(ids) - 1) // spec.batch_size
         usable = spec.batch_size * stream_len
         self.x = ids[:usable].reshape(spec.batch_size, stream_len)  # (B, L)
@@ -100,7 +116,8 @@ class BareLoop:
         self.batches = stream_len // spec.seq_len
         self.position = 0
         shape = (spec.num_layers, spec.batch_size, spec.hidden_size)
-        self.state = (torch.zeros(shape), torch.zeros(shape)) if spec.cell == "lstm" else torch.zeros(shape)
+        zeros = lambda: torch.zeros(shape, device=self.device)  # noqa: E731
+        self.state = (zeros(), zeros()) if spec.cell == "lstm" else zeros()
 
     def run(self, steps: int, on_last_step=None) -> list[float]:
         """Train ``steps`` steps; return the time after each one."""
@@ -109,17 +126,20 @@ class BareLoop:
             if self.position == self.batches:
                 self.position = 0
             cols = slice(self.position * self.spec.seq_len, (self.position + 1) * self.spec.seq_len)
-            x = torch.from_numpy(self.x[:, cols].astype(np.int64))
-            y = torch.from_numpy(self.y[:, cols].astype(np.int64))
-            logits, state = self.model(x, self.state)
-            loss = F.cross_entropy(logits.view(-1, self.vocab_size), y.view(-1))
+            x = torch.from_numpy(self.x[:, cols].astype(np.int64)).to(self.device)
+            y = torch.from_numpy(self.y[:, cols].astype(np.int64)).to(self.device)
+            with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "fp32"):
+                logits, state = self.model(x, self.state)
+                loss = F.cross_entropy(logits.float().view(-1, self.vocab_size), y.view(-1))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             self.position += 1
-            times.append(time.perf_counter())
+            times.append(stamp(self.device))
             if on_last_step is not None and i == steps - 1:
                 on_last_step()
         return times
@@ -131,15 +151,16 @@ class BareLoop:
 class Timer(Callback):
     """The CLI's callback, plus a timestamp after each step it reports."""
 
-    def __init__(self, inner: Callback):
+    def __init__(self, inner: Callback, device: torch.device):
         self.inner, self.times, self.on_last_step, self.last = inner, [], None, None
+        self.device = device
 
     def on_start(self, trainer):
         self.inner.on_start(trainer)
 
     def on_step(self, info):
         self.inner.on_step(info)
-        self.times.append(time.perf_counter())
+        self.times.append(stamp(self.device))
         if info.step == self.last and self.on_last_step is not None:
             self.on_last_step()  # before run()'s closing evaluation and save
 
@@ -153,19 +174,20 @@ class Timer(Callback):
 class CharrnnLoop:
     """charrnn's Trainer, run again for each repetition, timed through its callback."""
 
-    def __init__(self, spec: Spec, corpus: Corpus, val_frac: float, progress_bar: bool, seed: int = 0):
+    def __init__(self, spec: Spec, corpus: Corpus, val_frac: float, progress_bar: bool, seed: int = 0,
+                 device: str = "cpu", dtype: str = "fp32"):
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-train-")
         self.progress = Progress(stderr_console(), quiet=not progress_bar)
-        self.timer = Timer(self.progress)
+        self.timer = Timer(self.progress, torch.device(device))
         model_config = ModelConfig(
             vocab_size=len(corpus.vocab), cell=spec.cell, num_layers=spec.num_layers,
             hidden_size=spec.hidden_size, embedding_size=EMBEDDING_SIZE,
         )
         config = TrainConfig(
             batch_size=spec.batch_size, seq_len=spec.seq_len, lr=LR, grad_clip=GRAD_CLIP,
-            max_steps=1, eval_every=10**9, val_frac=val_frac, seed=seed,
+            max_steps=1, eval_every=10**9, val_frac=val_frac, seed=seed, dtype=dtype,
         )
-        self.trainer = Trainer(model_config, config, corpus, self.tmp.name, device="cpu", callback=self.timer)
+        self.trainer = Trainer(model_config, config, corpus, self.tmp.name, device=device, callback=self.timer)
 
     def run(self, steps: int, on_last_step=None) -> list[float]:
         """Train ``steps`` more steps in one Trainer.run(); return the time after each one."""
@@ -210,9 +232,9 @@ def child(args) -> dict:
     chars_per_step = spec.batch_size * spec.seq_len
     loops = {}
     if args.child_memory in (None, "bare"):
-        loops["bare"] = BareLoop(spec, train_ids, len(corpus.vocab))
+        loops["bare"] = BareLoop(spec, train_ids, len(corpus.vocab), device=args.device, dtype=args.dtype)
     if args.child_memory in (None, "charrnn"):
-        loops["charrnn"] = CharrnnLoop(spec, corpus, args.val_frac, args.progress_bar)
+        loops["charrnn"] = CharrnnLoop(spec, corpus, args.val_frac, args.progress_bar, device=args.device, dtype=args.dtype)
     model = loops["bare"].model if "bare" in loops else loops["charrnn"].trainer.model
     result = {"params": sum(p.numel() for p in model.parameters())}
     result["rates"] = {name: [] for name in loops}
@@ -222,9 +244,18 @@ def child(args) -> dict:
         # Memory: one short run, peak read after its last step (before charrnn's final eval/save).
         name, loop = next(iter(loops.items()))
         common.reset_peak_rss()
+        cuda = args.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         peak = {}
-        loop.run(args.warmup + 2, on_last_step=lambda: peak.setdefault("mb", common.peak_rss_mb()))
-        result.update(base_rss_mb=base_mb, peak_rss_mb=peak.get("mb"))
+
+        def read_peaks():
+            peak.setdefault("mb", common.peak_rss_mb())
+            if cuda:
+                peak.setdefault("gpu_mb", torch.cuda.max_memory_allocated() / 2**20)
+
+        loop.run(args.warmup + 2, on_last_step=read_peaks)
+        result.update(base_rss_mb=base_mb, peak_rss_mb=peak.get("mb"), peak_gpu_mb=peak.get("gpu_mb"))
     else:
         # Throughput: alternate the order each repetition (ABBA) so drift cancels.
         order = list(loops)
@@ -244,7 +275,8 @@ def child(args) -> dict:
 def start_child(args, name: str, memory: str | None) -> subprocess.Popen:
     """Start this script on one configuration in a fresh process; ``finish_child`` collects it."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--warmup", str(args.warmup),
-           "--repeats", str(args.repeats), "--val-frac", str(args.val_frac)]
+           "--repeats", str(args.repeats), "--val-frac", str(args.val_frac), "--device", args.device,
+           "--dtype", args.dtype]
     for flag, value in (("--steps", args.steps), ("--threads", args.threads), ("--corpus", args.corpus),
                         ("--child-memory", memory)):
         if value:
@@ -274,6 +306,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both loops [default: torch's choice].")
     parser.add_argument("--corpus", default=None, help="Text to train on [default: the embedded Tiny Shakespeare].")
     parser.add_argument("--val-frac", type=float, default=0.01, help="Held-out fraction; small, because run() evaluates it once at the end (untimed).")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both loops.")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="Autocast precision of both loops (bf16/fp16: CUDA only).")
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory child processes.")
     parser.add_argument("--progress-bar", action="store_true", help="Time charrnn with the tqdm bar on stderr, as `charrnn train` without -q.")
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
@@ -287,6 +321,10 @@ def parse_args(argv=None):
                 setattr(args, key, ",".join(value) if isinstance(value, list) else value)
     if args.warmup < 1 or args.repeats < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--warmup, --repeats and --steps must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    if args.dtype != "fp32" and not args.device.startswith("cuda"):
+        parser.error(f"--dtype {args.dtype} needs --device cuda")
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
@@ -323,6 +361,7 @@ def main(argv=None) -> None:
                 "median_step_chars_per_s": common.median(timing["step_rates"][loop]),
                 "peak_rss_mb": memory.get(loop, {}).get("peak_rss_mb"),
                 "base_rss_mb": memory.get(loop, {}).get("base_rss_mb"),
+                "peak_gpu_mb": memory.get(loop, {}).get("peak_gpu_mb"),
             }
         row["ratio"] = row["charrnn"]["chars_per_s"] / row["bare"]["chars_per_s"]
         row["ratio_median_step"] = row["charrnn"]["median_step_chars_per_s"] / row["bare"]["median_step_chars_per_s"]
@@ -338,12 +377,18 @@ def main(argv=None) -> None:
          common.fmt(r["bare"]["base_rss_mb"]), common.fmt(r["bare"]["peak_rss_mb"]), common.fmt(r["charrnn"]["peak_rss_mb"])]
         for r in results
     ]
-    title = f"training throughput, median of {args.repeats} alternating repetitions" + (" (QUICK: noisy smoke run)" if args.quick else "")
+    if args.device.startswith("cuda"):
+        columns += ["bare GPU MiB", "charrnn GPU MiB"]
+        for row, r in zip(rows, results):
+            row += [common.fmt(r["bare"]["peak_gpu_mb"]), common.fmt(r["charrnn"]["peak_gpu_mb"])]
+    where = f" on {args.device}" + (f", {args.dtype} autocast" if args.dtype != "fp32" else "")
+    title = f"training throughput{where}, median of {args.repeats} alternating repetitions" + (" (QUICK: noisy smoke run)" if args.quick else "")
     common.print_table(title, columns, rows)
     print("ratio = charrnn / bare chars/s in the same process; step ratio = the same from each loop's median step time\n"
           "(robust to stalls from other processes); spread = (max - min) / median of the repetitions, the larger of\n"
           "the two loops (over ~5% means the machine was busy: rerun); MiB = peak RSS of a separate short run of\n"
-          "each loop (read before charrnn's final eval/save); base = RSS after imports and loading the corpus.")
+          "each loop (read before charrnn's final eval/save); base = RSS after imports and loading the corpus;\n"
+          "GPU MiB = torch.cuda.max_memory_allocated in that same run.")
     if args.json:
         options = {k: v for k, v in vars(args).items() if not k.startswith("child")}
         path = common.write_json(args.json, "train", info, options, results)

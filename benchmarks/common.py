@@ -63,6 +63,9 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda_version": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
@@ -70,8 +73,9 @@ def machine() -> dict:
 def describe(info: dict) -> str:
     """One line for the top of a table."""
     load = info["load_avg_1_5_15"]
+    gpu = f"{info['gpu']} (CUDA {info['cuda_version']}, cuDNN {info['cudnn']}) | " if info.get("gpu") else ""
     return (
-        f"{info['cpu']} | {info['usable_cpus']} usable CPUs | torch {info['torch']} "
+        f"{gpu}{info['cpu']} | {info['usable_cpus']} usable CPUs | torch {info['torch']} "
         f"({info['torch_threads']} threads) | charrnn {info['charrnn']} | load {load[0] if load else '?'} | {info['date']}"
     )
 
