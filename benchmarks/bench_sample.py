@@ -2,15 +2,17 @@
 
   naive      CharRNN.forward on (N, 1) per character: nn.LSTM with a sequence of length one
   step-blas  StepModel(backend="blas").step per character: the fused step with MKL/BLAS addmm products
-  step       StepModel.step per character: the fused step as charrnn samples with it (on the CPU, its
-             products through oneDNN with packed weights when available; "backend" in the JSON)
+             (cuBLAS on a GPU), each kernel launched one by one
+  step       StepModel.runner per character: the fused step as charrnn samples with it (on the CPU, its
+             products through oneDNN with packed weights when available, "backend" in the JSON; on
+             CUDA, replayed from a CUDA graph)
   generate   the charrnn.sample.generate iterator, as `charrnn sample` and library users get it
 
 Each draws the next character the same way generate does at temperature 1 (softmax, multinomial),
 so (generate - step) is the iterator's own overhead. Rates are characters per second summed over
 the streams, timed after the first character (set-up and the prime are not counted). The methods
 take turns within each repetition so drift hits all alike. With --device cuda everything runs on the
-GPU (there "step-blas" and "step" are the same step: oneDNN is CPU-only), each character's timestamp
+GPU (there "step" is the graph of "step-blas"'s kernels: oneDNN is CPU-only), each character's timestamp
 is taken after torch.cuda.synchronize(), as a sampler that prints every character must wait for it,
 and peak memory is torch.cuda.max_memory_allocated. Usage: python benchmarks/bench_sample.py --help
 """
@@ -65,7 +67,8 @@ def run_naive(model: CharRNN, streams: int, length: int) -> list[float]:
 
 
 @torch.no_grad()
-def run_step(stepper: StepModel, model: CharRNN, streams: int, length: int) -> list[float]:
+def run_step(step, model: CharRNN, streams: int, length: int) -> list[float]:
+    """``step``: StepModel.step or what StepModel.runner returns."""
     device = device_of(model)
     generator = torch.Generator(device=device).manual_seed(0)
     logits, state = model(torch.zeros(streams, 1, dtype=torch.long, device=device))
@@ -73,7 +76,7 @@ def run_step(stepper: StepModel, model: CharRNN, streams: int, length: int) -> l
     times = []
     for _ in range(length):
         nxt = draw(logits, generator)
-        logits, state = stepper.step(nxt, state)  # (N, V)
+        logits, state = step(nxt, state)  # (N, V)
         times.append(stamp(device))
     return times
 
@@ -166,8 +169,8 @@ def main(argv=None) -> None:
     stepper, blas_stepper = StepModel(model), StepModel(model, backend="blas")
     methods = {
         "naive": lambda n, length: run_naive(model, n, length),
-        "step-blas": lambda n, length: run_step(blas_stepper, model, n, length),
-        "step": lambda n, length: run_step(stepper, model, n, length),
+        "step-blas": lambda n, length: run_step(blas_stepper.step, model, n, length),
+        "step": lambda n, length: run_step(stepper.runner(n), model, n, length),
         "generate": lambda n, length: run_generate(model, vocab, n, length),
     }
     name = f"{args.cell.upper()} {args.num_layers}x{args.hidden_size}"

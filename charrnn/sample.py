@@ -75,8 +75,9 @@ def _generate(model, chars, ids, length, temperature, top_k, argmax, num_samples
     logits, state = model(prime_tensor)
     logits = logits[:, -1].float()  # (N, V)
 
-    # 2. One character at a time through the fused step.
-    stepper = StepModel(model)
+    # 2. One character at a time through the fused step (a CUDA graph of it on a GPU; its logits
+    # and state are overwritten by the next step, and are used before it).
+    step = StepModel(model).runner(num_samples)
     for _ in range(length):
         if argmax:
             nxt = logits.argmax(dim=1)
@@ -88,4 +89,4 @@ def _generate(model, chars, ids, length, temperature, top_k, argmax, num_samples
             probs = torch.softmax(scaled, dim=1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         yield [chars[i] for i in nxt.tolist()]
-        logits, state = stepper.step(nxt, state)
+        logits, state = step(nxt, state)

@@ -17,6 +17,10 @@ packed path uses a PyTorch operator outside the public API, so it is prepared on
 product agrees with ``addmm``; anything else (no oneDNN, a GPU, not float32, an operator that
 changed) uses ``addmm``. ``backend`` forces either; the packed copy costs a second copy of the weights.
 
+On a GPU the products are small and a step is some twenty tiny kernels, so one stream is bound by
+kernel launches, not arithmetic: ``StepModel.runner`` records the step once as a CUDA graph
+(``GraphedStep``) and replays it per character.
+
 The arithmetic is the same as PyTorch's cells (gate order i, f, g, o for LSTM; r, z, n for GRU), so
 ``tests/test_step.py`` checks the logits against ``CharRNN.forward`` to float tolerance, on both
 backends. The weights are copies made once; the source model is not changed.
@@ -25,7 +29,7 @@ backends. The weights are copies made once; the source model is not changed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -166,6 +170,17 @@ class StepModel:
                 total += value[0].nbytes * batch_size if key == "table" else value.nbytes
         return total
 
+    def runner(self, batch_size: int) -> Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]:
+        """The fastest ``step`` for ``batch_size`` streams here: a ``GraphedStep`` on CUDA (if the
+        graph can be recorded), else ``self.step`` itself. Mind ``GraphedStep``'s contract: what it
+        returns is overwritten by its next call."""
+        if self.device.type == "cuda":
+            try:
+                return GraphedStep(self, batch_size)
+            except RuntimeError:  # recording refused (e.g. another capture in progress): run eagerly
+                pass
+        return self.step
+
     def init_state(self, batch_size: int) -> State:
         shape = (self.num_layers, batch_size, self.hidden_size)
         return tuple(torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.state_tensors))
@@ -220,3 +235,39 @@ class StepModel:
         logits = self.head(x)
         new_state = (torch.stack(hs),) if self.cell != "lstm" else (torch.stack(hs), torch.stack(cs))
         return logits, new_state
+
+
+class GraphedStep:
+    """``StepModel.step`` for a fixed number of streams on CUDA, recorded once as a CUDA graph and
+    replayed per character: one launch instead of one per kernel. Same kernels, same results.
+
+    The logits and state it returns live in the graph's own buffers and are overwritten by the next
+    call: use (or clone) them first. Passing back the state it returned costs no copy.
+    """
+
+    @torch.no_grad()
+    def __init__(self, stepper: StepModel, batch_size: int):
+        device = stepper.device
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.state = stepper.init_state(batch_size)
+        # Recording needs the libraries' lazy set-up done first, on a side stream (PyTorch's recipe).
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                stepper.step(self.idx, self.state)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits, new_state = stepper.step(self.idx, self.state)
+            for buffer, new in zip(self.state, new_state):
+                buffer.copy_(new)  # last in stream order: every read of the old state comes before
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self.idx.copy_(idx)
+        for buffer, given in zip(self.state, state):
+            if given is not buffer:
+                buffer.copy_(given)
+        self.graph.replay()
+        return self.logits, self.state

@@ -535,10 +535,9 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
 
             # 3. Refuse to step on a NaN/inf loss or gradient (fp16 overflow is the scaler's job).
-            loss_value = loss.item()
-            finite = math.isfinite(loss_value) and (
-                self.scaler.is_enabled() or bool(torch.isfinite(grad_norm))
-            )
+            # Loss and norm come back in one transfer: on a GPU each is a wait for the device.
+            loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.detach().float()]).tolist()
+            finite = math.isfinite(loss_value) and (self.scaler.is_enabled() or math.isfinite(norm_value))
             if self._distributed:  # one decision for all; the loss over the whole global batch
                 total, bad = distributed.sum_of([loss_value, 0.0 if finite else 1.0], self.device)
                 loss_value, finite = total / self.world_size, bad == 0

@@ -19,7 +19,7 @@ from charrnn.data import Corpus
 from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
-from charrnn.step import StepModel
+from charrnn.step import GraphedStep, StepModel
 from charrnn.train import Callback, TrainConfig, Trainer
 from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
@@ -69,6 +69,39 @@ def test_step_model_matches_the_sequence_kernels_on_cuda(cell):
             torch.testing.assert_close(logits, want[:, t], atol=1e-4, rtol=1e-4)
     for got, ref in zip(state, want_state):
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("streams", [1, 4])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_graphed_step_replays_the_eager_step(cell, streams):
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=13, cell=cell, num_layers=2, hidden_size=48, embedding_size=8)).cuda().eval()
+    stepper = StepModel(model)
+    graphed = stepper.runner(streams)
+    assert isinstance(graphed, GraphedStep)
+    start = tuple(0.5 * torch.randn(s.shape, device="cuda") for s in model.init_state(streams, "cuda"))
+    saved = tuple(s.clone() for s in start)
+    eager_state, graph_state = start, start
+    for t in range(12):
+        idx = torch.randint(0, 13, (streams,), device="cuda")
+        want, eager_state = stepper.step(idx, eager_state)
+        got, graph_state = graphed(idx, graph_state)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+        for g, w in zip(graph_state, eager_state):
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=0)
+    assert all(torch.equal(s, k) for s, k in zip(start, saved)), "the caller's state is not written to"
+
+
+def test_generate_on_cuda_gives_the_text_of_the_eager_step(monkeypatch):
+    torch.manual_seed(2)
+    model = CharRNN(ModelConfig(vocab_size=len(CORPUS.vocab), hidden_size=64, embedding_size=8)).cuda()
+
+    def text():
+        return ["".join(chars) for chars in zip(*generate(model, CORPUS.vocab, length=200, num_samples=3, seed=9))]
+
+    graphed = text()
+    monkeypatch.setattr(StepModel, "runner", lambda self, batch_size: self.step)
+    assert text() == graphed
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -193,3 +193,8 @@ def test_generate_argmax_matches_naive_loop(cell, num_samples, prime):
     got = ["".join(step[s] for step in steps) for s in range(num_samples)]
     assert got == naive_argmax(model, vocab, prime, length, num_samples)
     assert len(set(got[0])) > 1, "greedy text should not be a single repeated character"
+
+
+def test_runner_on_the_cpu_is_the_step_itself():
+    stepper = StepModel(build("lstm", 2))
+    assert stepper.runner(1) == stepper.step and stepper.runner(8) == stepper.step
