@@ -248,6 +248,9 @@ class GraphedStep:
     @torch.no_grad()
     def __init__(self, stepper: StepModel, batch_size: int):
         device = stepper.device
+        # The graph reads the stepper's weight tensors by address: they must outlive it, or the
+        # allocator hands their memory to other tensors while the graph still reads from it.
+        self.stepper = stepper
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.state = stepper.init_state(batch_size)
         # Recording needs the libraries' lazy set-up done first, on a side stream (PyTorch's recipe).
