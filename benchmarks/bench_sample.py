@@ -42,13 +42,6 @@ def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
 
 
-def stamp(device: torch.device) -> float:
-    """The time now, once the device has finished the work queued so far."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def device_of(model: CharRNN) -> torch.device:
     return model.head.weight.device
 
@@ -62,7 +55,7 @@ def run_naive(model: CharRNN, streams: int, length: int) -> list[float]:
     for _ in range(length):
         nxt = draw(logits[:, -1], generator)
         logits, state = model(nxt.view(streams, 1), state)  # (N, 1, V)
-        times.append(stamp(device))
+        times.append(common.stamp(device))
     return times
 
 
@@ -77,7 +70,7 @@ def run_step(step, model: CharRNN, streams: int, length: int) -> list[float]:
     for _ in range(length):
         nxt = draw(logits, generator)
         logits, state = step(nxt, state)  # (N, V)
-        times.append(stamp(device))
+        times.append(common.stamp(device))
     return times
 
 
@@ -99,9 +92,9 @@ def copy_bandwidth(megabytes: int, device: torch.device, repeats: int = 5) -> fl
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(repeats):
-        t0 = stamp(device)
+        t0 = common.stamp(device)
         dst.copy_(src)
-        best = min(best, stamp(device) - t0)
+        best = min(best, common.stamp(device) - t0)
     return 2 * src.nbytes / best
 
 

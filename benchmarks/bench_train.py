@@ -28,7 +28,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,13 +90,6 @@ class BareModel(nn.Module):
         return self.head(out), state  # (B, T, V)
 
 
-def stamp(device: torch.device) -> float:
-    """The time now, once the device has finished the work queued so far."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 class BareLoop:
     """The plain truncated-BPTT loop over ``batch_size`` contiguous streams of ``ids``."""
 
@@ -139,7 +131,7 @@ class BareLoop:
             self.scaler.update()
             self.state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             self.position += 1
-            times.append(stamp(self.device))
+            times.append(common.stamp(self.device))
             if on_last_step is not None and i == steps - 1:
                 on_last_step()
         return times
@@ -160,7 +152,7 @@ class Timer(Callback):
 
     def on_step(self, info):
         self.inner.on_step(info)
-        self.times.append(stamp(self.device))
+        self.times.append(common.stamp(self.device))
         if info.step == self.last and self.on_last_step is not None:
             self.on_last_step()  # before run()'s closing evaluation and save
 

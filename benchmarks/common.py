@@ -14,6 +14,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -78,6 +79,13 @@ def describe(info: dict) -> str:
         f"{gpu}{info['cpu']} | {info['usable_cpus']} usable CPUs | torch {info['torch']} "
         f"({info['torch_threads']} threads) | charrnn {info['charrnn']} | load {load[0] if load else '?'} | {info['date']}"
     )
+
+
+def stamp(device: torch.device) -> float:
+    """The time now, once the device has finished the work queued so far (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def set_threads(threads: int | None) -> None:
