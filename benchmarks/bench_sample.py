@@ -8,8 +8,8 @@
              CUDA, replayed from a CUDA graph)
   generate   the charrnn.sample.generate iterator, as `charrnn sample` and library users get it
 
-Each draws the next character the same way generate does at temperature 1 (softmax, multinomial),
-so (generate - step) is the iterator's own overhead. Rates are characters per second summed over
+Each draws the next character the same way generate does at temperature 1 (charrnn.sample.Draw,
+the Gumbel-max trick), so (generate - step) is the iterator's own overhead. Rates are characters per second summed over
 the streams, timed after the first character (set-up and the prime are not counted). The methods
 take turns within each repetition so drift hits all alike. With --device cuda everything runs on the
 GPU (there "step" is the graph of "step-blas"'s kernels: oneDNN is CPU-only), each character's timestamp
@@ -28,18 +28,13 @@ import torch
 import common
 from charrnn.data import Vocab
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import generate
+from charrnn.sample import Draw, generate
 from charrnn.step import StepModel
 
 METHODS = ("naive", "step-blas", "step", "generate")
 TARGETS = {1: 1000.0, 32: 6000.0}  # chars/s from issue 3, for a 2x512 LSTM
 # One thread unless --threads says otherwise: a smoke run must not stall on a busy machine.
 QUICK = {"length": 30, "warmup": 3, "repeats": 1, "bandwidth_mb": 64, "threads": 1}
-
-
-def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(N, V) logits -> (N,) next characters, as generate() does at temperature 1 without top-k."""
-    return torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
 
 
 def device_of(model: CharRNN) -> torch.device:
@@ -49,11 +44,11 @@ def device_of(model: CharRNN) -> torch.device:
 @torch.no_grad()
 def run_naive(model: CharRNN, streams: int, length: int) -> list[float]:
     device = device_of(model)
-    generator = torch.Generator(device=device).manual_seed(0)
+    draw = Draw(streams, model.config.vocab_size, generator=torch.Generator(device=device).manual_seed(0))
     logits, state = model(torch.zeros(streams, 1, dtype=torch.long, device=device))
     times = []
     for _ in range(length):
-        nxt = draw(logits[:, -1], generator)
+        nxt = draw(logits[:, -1])
         logits, state = model(nxt.view(streams, 1), state)  # (N, 1, V)
         times.append(common.stamp(device))
     return times
@@ -63,12 +58,12 @@ def run_naive(model: CharRNN, streams: int, length: int) -> list[float]:
 def run_step(step, model: CharRNN, streams: int, length: int) -> list[float]:
     """``step``: StepModel.step or what StepModel.runner returns."""
     device = device_of(model)
-    generator = torch.Generator(device=device).manual_seed(0)
+    draw = Draw(streams, model.config.vocab_size, generator=torch.Generator(device=device).manual_seed(0))
     logits, state = model(torch.zeros(streams, 1, dtype=torch.long, device=device))
     logits = logits[:, -1]
     times = []
     for _ in range(length):
-        nxt = draw(logits, generator)
+        nxt = draw(logits)
         logits, state = step(nxt, state)  # (N, V)
         times.append(common.stamp(device))
     return times

@@ -14,6 +14,48 @@ from charrnn.model import CharRNN
 from charrnn.step import StepModel
 
 
+class Draw:
+    """Each stream's next character from its (N, V) logits: the most likely one (``argmax``), or a
+    sample from softmax(logits / temperature), restricted to the ``top_k`` most likely if given.
+
+    Sampling uses the Gumbel-max trick: with G independent standard Gumbel noise, argmax(logits / T +
+    G) is distributed exactly as softmax(logits / T). The noise is drawn ``NOISE_BLOCK`` steps at a
+    time (in float64, from ``generator``), so a step costs an add and an argmax where softmax and
+    multinomial cost a dozen small operations, and on CUDA a wait for the device
+    (``benchmarks/bench_sample.py`` times it). The noise of step t does not depend on how many steps
+    follow, so a longer sample with the same seed starts with the shorter one.
+    """
+
+    NOISE_BLOCK = 64
+
+    def __init__(self, num_samples: int, vocab_size: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 argmax: bool = False, generator: torch.Generator | None = None):
+        self.shape = (self.NOISE_BLOCK, num_samples, vocab_size)
+        self.temperature, self.argmax, self.generator = temperature, argmax, generator
+        self.top_k = top_k if top_k is not None and top_k < vocab_size else None
+        self.noise: torch.Tensor | None = None
+        self.used = self.NOISE_BLOCK
+
+    def gumbel_block(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(NOISE_BLOCK, N, V) standard Gumbel noise, -log(-log(U)) for U uniform in [0, 1)."""
+        u = torch.rand(self.shape, generator=self.generator, dtype=torch.float64, device=device)
+        return u.log_().neg_().log_().neg_().to(dtype)  # U = 0 gives -inf: never chosen
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, V) logits -> (N,) int64 indices."""
+        if self.argmax:
+            return logits.argmax(dim=1)
+        scaled = logits / self.temperature if self.temperature != 1.0 else logits
+        if self.top_k is not None:
+            kth = torch.topk(scaled, self.top_k, dim=1).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        if self.used == self.NOISE_BLOCK:
+            self.noise, self.used = self.gumbel_block(logits.device, logits.dtype), 0
+        noise = self.noise[self.used]
+        self.used += 1
+        return (scaled + noise).argmax(dim=1)
+
+
 def check_options(vocab_size: int, length: int, temperature: float, top_k: int | None, num_samples: int) -> None:
     """ConfigError for options that cannot produce a sample."""
     if length < 1:
@@ -78,15 +120,8 @@ def _generate(model, chars, ids, length, temperature, top_k, argmax, num_samples
     # 2. One character at a time through the fused step (a CUDA graph of it on a GPU; its logits
     # and state are overwritten by the next step, and are used before it).
     step = StepModel(model).runner(num_samples)
+    draw = Draw(num_samples, len(chars), temperature=temperature, top_k=top_k, argmax=argmax, generator=generator)
     for _ in range(length):
-        if argmax:
-            nxt = logits.argmax(dim=1)
-        else:
-            scaled = logits / temperature if temperature != 1.0 else logits
-            if top_k is not None and top_k < scaled.shape[1]:
-                kth = torch.topk(scaled, top_k, dim=1).values[:, -1:]
-                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            probs = torch.softmax(scaled, dim=1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = draw(logits)
         yield [chars[i] for i in nxt.tolist()]
         logits, state = step(nxt, state)
