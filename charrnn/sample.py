@@ -20,24 +20,27 @@ class Draw:
 
     Sampling uses the Gumbel-max trick: with G independent standard Gumbel noise, argmax(logits / T +
     G) is distributed exactly as softmax(logits / T). The noise is drawn ``NOISE_BLOCK`` steps at a
-    time (in float64, from ``generator``), so a step costs an add and an argmax where softmax and
+    time (at most ``NOISE_ELEMENTS`` numbers, so fewer steps for many streams; in float64, from
+    ``generator``), so a step costs an add and an argmax where softmax and
     multinomial cost a dozen small operations, and on CUDA a wait for the device
     (``benchmarks/bench_sample.py`` times it). The noise of step t does not depend on how many steps
     follow, so a longer sample with the same seed starts with the shorter one.
     """
 
     NOISE_BLOCK = 64
+    NOISE_ELEMENTS = 1 << 20  # 8 MB of float64 noise at most
 
     def __init__(self, num_samples: int, vocab_size: int, *, temperature: float = 1.0, top_k: int | None = None,
                  argmax: bool = False, generator: torch.Generator | None = None):
-        self.shape = (self.NOISE_BLOCK, num_samples, vocab_size)
+        self.block_steps = max(1, min(self.NOISE_BLOCK, self.NOISE_ELEMENTS // (num_samples * vocab_size)))
+        self.shape = (self.block_steps, num_samples, vocab_size)
         self.temperature, self.argmax, self.generator = temperature, argmax, generator
         self.top_k = top_k if top_k is not None and top_k < vocab_size else None
         self.noise: torch.Tensor | None = None
-        self.used = self.NOISE_BLOCK
+        self.used = self.block_steps
 
     def gumbel_block(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(NOISE_BLOCK, N, V) standard Gumbel noise, -log(-log(U)) for U uniform in [0, 1)."""
+        """(block_steps, N, V) standard Gumbel noise, -log(-log(U)) for U uniform in [0, 1)."""
         u = torch.rand(self.shape, generator=self.generator, dtype=torch.float64, device=device)
         return u.log_().neg_().log_().neg_().to(dtype)  # U = 0 gives -inf: never chosen
 
@@ -49,7 +52,7 @@ class Draw:
         if self.top_k is not None:
             kth = torch.topk(scaled, self.top_k, dim=1).values[:, -1:]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        if self.used == self.NOISE_BLOCK:
+        if self.used == self.block_steps:
             self.noise, self.used = self.gumbel_block(logits.device, logits.dtype), 0
         noise = self.noise[self.used]
         self.used += 1

@@ -106,3 +106,10 @@ def test_a_longer_sample_starts_with_the_shorter_one():
     m = model()
     short = text(m, length=Draw.NOISE_BLOCK - 7, seed=5)
     assert text(m, length=3 * Draw.NOISE_BLOCK, seed=5).startswith(short)
+
+
+def test_noise_blocks_stay_small_for_many_streams():
+    assert Draw(1, 65).block_steps == Draw.NOISE_BLOCK
+    many = Draw(5000, 300)
+    assert many.block_steps * 5000 * 300 <= max(Draw.NOISE_ELEMENTS, 5000 * 300)
+    assert Draw(10**6, 300).block_steps == 1
