@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn.cli import cli
+from charrnn.train import Callback
 
 SUBJECTS = ["the cat", "a dog", "my king", "the queen", "our lord"]
 VERBS = ["sees", "loves", "hates", "finds", "serves"]
@@ -32,6 +33,16 @@ def unigram_entropy(text: str) -> float:
     counts = Counter(text)
     n = len(text)
     return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+class Losses(Callback):
+    """Records each training step's loss."""
+
+    def __init__(self):
+        self.values = []
+
+    def on_step(self, info):
+        self.values.append(info.loss)
 
 
 TINY_MODEL = ["--num-layers", "1", "--hidden-size", "48", "--embedding-size", "16"]

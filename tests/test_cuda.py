@@ -21,8 +21,8 @@ from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
 from charrnn.step import GraphedStep, StepModel
-from charrnn.train import Callback, TrainConfig, Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, make_text
+from charrnn.train import TrainConfig, Trainer
+from conftest import TINY_MODEL, TINY_TRAIN, Losses, make_text
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -35,14 +35,6 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-class Losses(Callback):
-    def __init__(self):
-        self.values = []
-
-    def on_step(self, info):
-        self.values.append(info.loss)
 
 
 def train(tmp_path, cell="lstm", **kw) -> tuple[Trainer, list[float]]:

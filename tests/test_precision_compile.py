@@ -4,23 +4,14 @@ import functools
 
 import pytest
 import torch
-
 from charrnn import checkpoint as ckpt_io
 from charrnn.data import Corpus
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
-from charrnn.train import Callback, TrainConfig, Trainer
-from conftest import make_text
+from charrnn.train import TrainConfig, Trainer
+from conftest import Losses, make_text
 
 CORPUS = Corpus.from_text(make_text(200), "t.txt")
-
-
-class Losses(Callback):
-    def __init__(self):
-        self.values = []
-
-    def on_step(self, info):
-        self.values.append(info.loss)
 
 
 def run(tmp_path, **kw):
