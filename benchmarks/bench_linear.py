@@ -1,11 +1,14 @@
-"""The matrix products of one sampling step, BLAS (``addmm``) against oneDNN (packed weights).
+"""The matrix products of one sampling step: BLAS (``addmm``), oneDNN (packed weights) and numpy's BLAS.
 
 For a given model size, the products StepModel runs per character (layer 0's hidden product, one
 [x, h] product per further layer, the head) are timed in turn, as a step runs them, through
-``charrnn.step.Linear`` with backend "blas" and with backend "onednn", for several numbers of rows
-(parallel streams) and thread counts. Reported: microseconds per step's products, GFLOP/s, the
-speed-up of oneDNN, and which one ``onednn_wins`` (the rule StepModel's "auto" backend uses) picks.
-This is the measurement behind that rule. Usage: python benchmarks/bench_linear.py --help
+``charrnn.step.Linear`` with backend "blas", "onednn" and "numpy", for several numbers of rows
+(parallel streams) and thread counts. The thread count is torch's and numpy's BLAS's alike
+(``charrnn.threads.set_threads``). Reported: microseconds per step's products, GFLOP/s, the
+speed-ups over BLAS, and which one StepModel's "auto" backend picks (``numpy_wins``, then
+``onednn_wins``). This is the measurement behind those rules. Only the products are timed here;
+how the pools get along inside a whole step is for bench_sample.py.
+Usage: python benchmarks/bench_linear.py --help
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import time
 import torch
 
 import common
-from charrnn.step import Linear, onednn_usable, onednn_wins
+from charrnn.step import Linear, numpy_wins, onednn_usable, onednn_wins
+from charrnn.threads import set_threads
 
 QUICK = {"rows": [1, 4], "threads": [1], "calls": 5, "repeats": 1}
 
@@ -40,14 +44,14 @@ def time_products(linears: list[Linear], inputs: list[torch.Tensor], calls: int)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Per-step matrix products of the sampling step: addmm against packed oneDNN.",
+        description="Per-step matrix products of the sampling step: addmm, packed oneDNN and numpy's BLAS.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--vocab-size", type=int, default=65)
     parser.add_argument("--rows", default="1,2,3,4,8,32", help="Comma-separated numbers of rows (streams).")
-    parser.add_argument("--threads", default="1,2", help="Comma-separated torch thread counts.")
+    parser.add_argument("--threads", default="1,2", help="Comma-separated thread counts (torch and numpy's BLAS).")
     parser.add_argument("--calls", type=int, default=200, help="Timed steps per repetition.")
     parser.add_argument("--repeats", type=int, default=5, help="Repetitions, backends alternating; the median is reported.")
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
@@ -76,38 +80,43 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     dims = shapes(args.num_layers, args.hidden_size, args.vocab_size)
     weights = [(torch.randn(n, k) / k**0.5, torch.randn(n)) for n, k in dims]
-    backends = {b: [Linear(w, bias, b) for w, bias in weights] for b in ("blas", "onednn")}
+    names = ("blas", "onednn", "numpy")
+    backends = {b: [Linear(w, bias, b) for w, bias in weights] for b in names}
     flops_per_row = sum(2 * n * k for n, k in dims)
 
     results = []
     for threads in args.threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
         for rows in args.rows:
             inputs = [torch.randn(rows, k) for _, k in dims]
             seconds = {b: [] for b in backends}
             for rep in range(args.repeats):
-                for b in (("blas", "onednn") if rep % 2 == 0 else ("onednn", "blas")):
+                for b in names[rep % len(names):] + names[: rep % len(names)]:  # take turns: drift hits all alike
                     seconds[b].append(time_products(backends[b], inputs, args.calls))
-            row = {"threads": threads, "rows": rows, "auto_picks": "onednn" if onednn_wins(rows) else "blas"}
+            picks = "numpy" if numpy_wins(rows) else "onednn" if onednn_wins(rows) else "blas"
+            row = {"threads": threads, "rows": rows, "auto_picks": picks}
             for b in backends:
                 s = common.median(seconds[b])
                 row[b] = {"us_per_step": s * 1e6, "gflop_s": flops_per_row * rows / s / 1e9,
                           "spread": common.spread(seconds[b]), "reps_s": seconds[b]}
             row["onednn_speedup"] = row["blas"]["us_per_step"] / row["onednn"]["us_per_step"]
+            row["numpy_speedup"] = row["blas"]["us_per_step"] / row["numpy"]["us_per_step"]
             results.append(row)
 
-    columns = ["threads", "rows", "blas us", "onednn us", "blas GFLOP/s", "onednn GFLOP/s", "onednn speed-up", "auto picks", "spread"]
+    columns = ["threads", "rows", "blas us", "onednn us", "numpy us", "blas GFLOP/s", "onednn speed-up",
+               "numpy speed-up", "auto picks", "spread"]
     table = [
         [r["threads"], r["rows"], common.fmt(r["blas"]["us_per_step"]), common.fmt(r["onednn"]["us_per_step"]),
-         common.fmt(r["blas"]["gflop_s"], 1), common.fmt(r["onednn"]["gflop_s"], 1), f"{r['onednn_speedup']:.2f}x",
-         r["auto_picks"], f"{max(r['blas']['spread'], r['onednn']['spread']):.0%}"]
+         common.fmt(r["numpy"]["us_per_step"]), common.fmt(r["blas"]["gflop_s"], 1), f"{r['onednn_speedup']:.2f}x",
+         f"{r['numpy_speedup']:.2f}x", r["auto_picks"], f"{max(r[b]['spread'] for b in names):.0%}"]
         for r in results
     ]
     name = f"LSTM {args.num_layers}x{args.hidden_size}, vocab {args.vocab_size}: products {dims}"
     common.print_table(f"sampling step's products, {name}, median of {args.repeats}" + (" (QUICK)" if args.quick else ""),
                        columns, table)
-    print("us = microseconds for one step's products; speed-up = blas time / onednn time; auto picks = what\n"
-          "charrnn.step.onednn_wins chooses for that many rows at that thread count; spread = (max - min) / median.")
+    print("us = microseconds for one step's products; speed-up = blas time / that backend's time; auto picks =\n"
+          "what charrnn.step's numpy_wins and onednn_wins choose for that many rows at that thread count;\n"
+          "spread = (max - min) / median, the worst backend.")
     if args.json:
         path = common.write_json(args.json, "linear", info, dict(vars(args)), {"rows": results, "shapes": dims})
         print(f"wrote {path}", file=sys.stderr)

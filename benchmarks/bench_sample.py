@@ -3,10 +3,11 @@
   naive      CharRNN.forward on (N, 1) per character: nn.LSTM with a sequence of length one
   step-blas  StepModel(backend="blas").step per character: the fused step with MKL/BLAS addmm products
              (cuBLAS on a GPU), each kernel launched one by one
-  step       StepModel.runner per character: the fused step as charrnn samples with it (on the CPU, its
-             products through oneDNN with packed weights when available, "backend" in the JSON; on
-             CUDA, replayed from a CUDA graph)
-  generate   the charrnn.sample.generate iterator, as `charrnn sample` and library users get it
+  step       StepModel.runner per character: the fused step as `charrnn sample` runs it (on the CPU, for
+             one stream torch on one thread and the products in numpy's BLAS, see charrnn.threads;
+             for several, the products through oneDNN with packed weights when available, "backend"
+             in the JSON; on CUDA, replayed from a CUDA graph)
+  generate   the charrnn.sample.generate iterator, as `charrnn sample` gets it (same threads as step)
 
 Each draws the next character the same way generate does at temperature 1 (charrnn.sample.Draw,
 the Gumbel-max trick), so (generate - step) is the iterator's own overhead. Rates are characters per second summed over
@@ -30,6 +31,7 @@ from charrnn.data import Vocab
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import Draw, generate
 from charrnn.step import StepModel
+from charrnn.threads import sampling_threads, torch_threads
 
 METHODS = ("naive", "step-blas", "step", "generate")
 TARGETS = {1: 1000.0, 32: 6000.0}  # chars/s from issue 3, for a 2x512 LSTM
@@ -167,20 +169,27 @@ def main(argv=None) -> None:
 
     results = []
     for streams in args.streams:
+        # charrnn's own methods run with the threads `charrnn sample` gives them; the others as they are.
+        own_threads = sampling_threads(streams, device)
+        threads = {m: own_threads if m in ("step", "generate") else None for m in METHODS}
         rates = {m: [] for m in METHODS}
         peaks = {m: None for m in METHODS}
         for method in METHODS:
             if args.warmup:
-                methods[method](streams, args.warmup)
+                with torch_threads(threads[method]):
+                    methods[method](streams, args.warmup)
         for rep in range(args.repeats):
             order = METHODS[rep % len(METHODS) :] + METHODS[: rep % len(METHODS)]
             for method in order:
                 reset_peak(device)
-                times = methods[method](streams, args.length + 1)
+                with torch_threads(threads[method]):
+                    times = methods[method](streams, args.length + 1)
                 peak = peak_mb(device)
                 peaks[method] = max(peaks[method] or 0.0, peak or 0.0) or None
                 rates[method].append(rate(times, streams))
         row = {"streams": streams, "length": args.length, "repeats": args.repeats, "backend": stepper.backend,
+               "numpy_one_stream": stepper.numpy_ready and streams == 1 and own_threads == 1,
+               "torch_threads": {m: threads[m] or torch.get_num_threads() for m in METHODS},
                "device": str(device), "peak_memory": "cuda_allocated" if device.type == "cuda" else "rss"}
         for method in METHODS:
             row[method] = {

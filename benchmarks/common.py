@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+import charrnn.threads
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -60,6 +62,7 @@ def machine() -> dict:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
+        "numpy_blas_threads": charrnn.threads.blas_threads(),
         "charrnn": charrnn.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -77,7 +80,7 @@ def describe(info: dict) -> str:
     gpu = f"{info['gpu']} (CUDA {info['cuda_version']}, cuDNN {info['cudnn']}) | " if info.get("gpu") else ""
     return (
         f"{gpu}{info['cpu']} | {info['usable_cpus']} usable CPUs | torch {info['torch']} "
-        f"({info['torch_threads']} threads) | charrnn {info['charrnn']} | load {load[0] if load else '?'} | {info['date']}"
+        f"({info['torch_threads']} threads; numpy's BLAS {info.get('numpy_blas_threads', '?')}) | charrnn {info['charrnn']} | load {load[0] if load else '?'} | {info['date']}"
     )
 
 
@@ -89,9 +92,8 @@ def stamp(device: torch.device) -> float:
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` intra-op threads (None: torch's default); every phase of a run shares it."""
-    if threads:
-        torch.set_num_threads(threads)
+    """Use ``threads`` threads in torch and numpy's BLAS (None: their default); every phase of a run shares it."""
+    charrnn.threads.set_threads(threads)
 
 
 # -- memory --------------------------------------------------------------------------------------

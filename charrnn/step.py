@@ -11,11 +11,19 @@ character. Here each layer is one matrix multiply instead:
 On the CPU, for several streams at once, each of those products runs through oneDNN with its weight
 packed once, ahead of time, into the layout oneDNN's kernels read (the way PyTorch's own frozen and
 compiled CPU graphs run a linear layer): 1.2-4.4x faster than MKL's ``addmm`` on these shapes where
-``onednn_wins`` picks it, on our 2-core Zen 3 (``benchmarks/bench_linear.py``); for one stream
-``addmm`` is as fast or faster, and is kept. The
+``onednn_wins`` picks it, on our 2-core Zen 3 (``benchmarks/bench_linear.py``). The
 packed path uses a PyTorch operator outside the public API, so it is prepared only after a probe
 product agrees with ``addmm``; anything else (no oneDNN, a GPU, not float32, an operator that
-changed) uses ``addmm``. ``backend`` forces either; the packed copy costs a second copy of the weights.
+changed) uses ``addmm``. The packed copy costs a second copy of the weights.
+
+For one stream each product is a matrix-vector product (GEMV), and the one in numpy's BLAS
+(OpenBLAS in numpy's wheels) ran 2-3x faster than the MKL GEMV that PyTorch's CPU wheels call, on
+that Zen 3 (``bench_linear.py``). It is used through a zero-copy numpy view of the weight, but only
+while torch runs on one thread (``numpy_wins``): numpy's BLAS has its own worker threads, and when
+they and torch's OpenMP workers both wait busily for work on the same cores, a step took 20 ms
+instead of 0.4 ms. ``charrnn sample`` therefore runs one CPU stream with torch on one thread and
+the products on numpy's BLAS threads (``charrnn.threads.sampling_threads``). ``backend`` forces
+"blas", "onednn" or "numpy" for every product.
 
 On a GPU the products are small and a step is some twenty tiny kernels, so one stream is bound by
 kernel launches, not arithmetic: ``StepModel.runner`` records the step once as a CUDA graph
@@ -31,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 
 from charrnn.model import CharRNN, State
@@ -45,7 +54,7 @@ class LayerInternals:
     gates: dict[str, torch.Tensor] | None = None
 
 
-Backend = Literal["auto", "onednn", "blas"]
+Backend = Literal["auto", "onednn", "blas", "numpy"]
 
 
 def onednn_usable(weight: torch.Tensor) -> bool:
@@ -68,40 +77,89 @@ def onednn_wins(rows: int) -> bool:
     return rows >= 4 or (rows >= 2 and torch.get_num_threads() > 1)
 
 
+def numpy_usable(weight: torch.Tensor) -> bool:
+    """Whether numpy's BLAS can serve this weight through a view: a float32 CPU tensor."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32
+
+
+def numpy_wins(rows: int) -> bool:
+    """Whether numpy's BLAS should run a product of ``rows`` rows: one row, torch on one thread.
+
+    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-0400): for one row
+    numpy's GEMV was 2-3x faster than MKL's with two threads. For several rows MKL's or oneDNN's
+    GEMM is the better one. With torch on more than one thread, torch's OpenMP workers and numpy's
+    BLAS workers wait busily for work on the same cores and starve each other (see module docstring).
+    """
+    return rows == 1 and torch.get_num_threads() == 1
+
+
+def _probe_agrees(want: torch.Tensor, got: torch.Tensor) -> bool:
+    scale = want.abs().max().item() + 1.0
+    return got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=1e-4 * scale)
+
+
 class Linear:
     """``x @ weight.T + bias`` for inference, with ``weight`` (N, K) prepared once for the backend.
 
     ``backend``: "onednn" (the packed product for every call; an error if it cannot be used),
-    "blas" (``addmm`` always), or "auto": where oneDNN is usable and a probe product matches
-    ``addmm``, each call takes whichever ``onednn_wins`` says for its number of rows, else BLAS.
-    ``backend`` afterwards says what was prepared: "onednn" (the packed weight exists) or "blas".
+    "numpy" (numpy's BLAS for every call; likewise), "blas" (``addmm`` always), or "auto": the
+    packed oneDNN product where oneDNN is usable and a probe product matches ``addmm``, and numpy
+    where its probe matches; each call takes numpy where ``numpy_wins``, else oneDNN where
+    ``onednn_wins``, else BLAS. Afterwards ``backend`` says whether the packed weight was prepared
+    ("onednn") or not ("blas"), and ``numpy_ready`` whether the numpy view was.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: Backend = "auto"):
         self.nbytes = weight.nbytes + (bias.nbytes if bias is not None else 0)  # weights read per product
         self.bias = None if bias is None else bias.detach().clone()
-        self.weight_t = weight.detach().t().contiguous()  # (K, N), for addmm and the probe
+        self.weight = weight.detach().contiguous().clone()  # (N, K): one copy, for addmm and numpy
+        self.weight_t = self.weight.t()  # (K, N) view, as F.linear passes it to addmm
         self.packed = None
-        self.always_onednn = backend == "onednn"
+        self.weight_np: np.ndarray | None = None
+        self.always = backend if backend in ("onednn", "numpy") else None
         self.backend = "blas"
-        if backend == "blas" or (backend == "auto" and not onednn_usable(weight)):
+        if backend in ("auto", "numpy"):
+            self._prepare_numpy(required=backend == "numpy")
+        if backend in ("auto", "onednn"):
+            self._prepare_onednn(required=backend == "onednn")
+
+    def _probe(self) -> torch.Tensor:
+        """Three rows to check a backend's product against ``addmm``'s (both backends are CPU float32)."""
+        return torch.randn(3, self.weight.shape[1], generator=torch.Generator().manual_seed(0))
+
+    def _prepare_numpy(self, required: bool) -> None:
+        if not numpy_usable(self.weight):
+            if required:
+                raise ValueError("the numpy backend needs a float32 CPU weight")
             return
-        if backend == "onednn" and not onednn_usable(weight):
-            raise ValueError("the oneDNN backend needs a float32 CPU weight and a PyTorch built with oneDNN")
+        probe = self._probe()
+        self.weight_np = self.weight.numpy()  # shares memory with self.weight
+        want = self._blas(probe)
+        if not all(_probe_agrees(want[:rows], self._numpy(probe[:rows])) for rows in (1, 3)):
+            self.weight_np = None
+            if required:
+                raise RuntimeError("numpy's product differs from addmm's")
+
+    def _prepare_onednn(self, required: bool) -> None:
+        if not onednn_usable(self.weight):
+            if required:
+                raise ValueError("the oneDNN backend needs a float32 CPU weight and a PyTorch built with oneDNN")
+            return
+        probe = self._probe()
         try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
-            probe = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0))
-            want = self._blas(probe)
-            got = self._onednn(probe, packed)
-            scale = want.abs().max().item() + 1.0
-            if got.shape != want.shape or not torch.allclose(got, want, rtol=0, atol=1e-4 * scale):
+            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+            if not _probe_agrees(self._blas(probe), self._onednn(probe, packed)):
                 raise RuntimeError("oneDNN's product differs from addmm's")
         except Exception:  # the operator is private: any failure means "use BLAS"
-            if backend == "onednn":
+            if required:
                 raise
             return
         self.packed = packed
         self.backend = "onednn"
+
+    @property
+    def numpy_ready(self) -> bool:
+        return self.weight_np is not None
 
     def _blas(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight_t if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
@@ -109,9 +167,20 @@ class Linear:
     def _onednn(self, x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
+    def _numpy(self, x: torch.Tensor) -> torch.Tensor:
+        xs = x.detach().numpy()
+        # One row: a matrix-vector product on the (N, K) rows, the BLAS routine made for it.
+        out = np.dot(self.weight_np, xs[0])[None] if xs.shape[0] == 1 else xs @ self.weight_np.T
+        out = torch.from_numpy(out)
+        return out if self.bias is None else out.add_(self.bias)
+
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         """The product, plus ``add`` (same shape as the result) if given: one ``addmm`` on BLAS."""
-        if self.packed is not None and (self.always_onednn or onednn_wins(x.shape[0])):
+        rows = x.shape[0]
+        if self.weight_np is not None and (self.always == "numpy" or (self.always is None and numpy_wins(rows))):
+            out = self._numpy(x)
+            return out if add is None else out.add_(add)
+        if self.packed is not None and (self.always == "onednn" or onednn_wins(rows)):
             out = self._onednn(x, self.packed)
             return out if add is None else out.add_(add)
         if add is not None and self.bias is None:
@@ -123,7 +192,8 @@ class Linear:
 class StepModel:
     """idx: (B,) int64, state -> logits: (B, V), next state; for inference only (no dropout, no grad).
 
-    ``backend`` picks how the matrix products run (see ``Linear``); ``self.backend`` is the one used.
+    ``backend`` picks how the matrix products run (see ``Linear``); ``self.backend`` says whether
+    the packed oneDNN weights were prepared, ``self.numpy_ready`` whether numpy's BLAS can serve.
     """
 
     @torch.no_grad()
@@ -161,6 +231,7 @@ class StepModel:
         self.dtype = emb.dtype
         linears = [self.head] + [v for entry in self.layers for v in entry.values() if isinstance(v, Linear)]
         self.backend = "onednn" if all(lin.backend == "onednn" for lin in linears) else "blas"
+        self.numpy_ready = all(lin.numpy_ready for lin in linears)  # numpy's BLAS can run one stream
 
     def weight_bytes_per_step(self, batch_size: int) -> int:
         """Bytes of weights one step reads: every matrix once, one table row per stream."""

@@ -14,7 +14,7 @@ from torch import nn
 from charrnn.data import Vocab
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
-from charrnn.step import LayerInternals, Linear, StepModel, onednn_usable
+from charrnn.step import LayerInternals, Linear, StepModel, numpy_wins, onednn_usable
 
 ATOL = 1e-5
 VOCAB_SIZE = 11
@@ -54,8 +54,10 @@ def random_state(model: CharRNN, batch_size: int) -> tuple[torch.Tensor, ...]:
 
 ONEDNN = onednn_usable(torch.zeros(1))
 BACKENDS = [
-    pytest.param("auto", id="auto"),  # oneDNN for several rows where usable (B4 cases), BLAS for one
+    # These tests run torch on one thread: "auto" takes numpy for one row (B1 cases), oneDNN for four.
+    pytest.param("auto", id="auto"),
     pytest.param("blas", id="blas"),
+    pytest.param("numpy", id="numpy"),
     pytest.param("onednn", id="onednn", marks=pytest.mark.skipif(not ONEDNN, reason="PyTorch built without oneDNN")),
 ]
 
@@ -81,7 +83,8 @@ def test_step_matches_forward(cell, num_layers, batch_size, nonlinearity, zero_s
 
     # 2. The same characters one at a time through the fused step.
     stepper = StepModel(model, backend=backend)
-    assert stepper.backend == (("onednn" if ONEDNN else "blas") if backend == "auto" else backend)
+    assert stepper.backend == {"auto": "onednn" if ONEDNN else "blas", "numpy": "blas"}.get(backend, backend)
+    assert stepper.numpy_ready == (backend in ("auto", "numpy"))
     step_state = state
     for t in range(SEQ_LEN):
         logits, step_state = stepper.step(idx[:, t], step_state)  # (B, V)
@@ -123,6 +126,57 @@ def test_auto_backend_uses_blas_where_onednn_cannot_serve():
     assert stepper.backend == "blas"
     with pytest.raises(ValueError, match="float32 CPU"):
         Linear(torch.zeros(4, 3, dtype=torch.float64), None, backend="onednn")
+
+
+def count_numpy_calls(monkeypatch) -> list[int]:
+    """Patch Linear so that each product numpy's BLAS runs appends its number of rows to the list returned."""
+    calls: list[int] = []
+    real = Linear._numpy
+
+    def spy(self, x):
+        calls.append(x.shape[0])
+        return real(self, x)
+
+    monkeypatch.setattr(Linear, "_numpy", spy)
+    return calls
+
+
+def test_auto_takes_numpy_for_one_row_only_while_torch_runs_on_one_thread(monkeypatch):
+    stepper = StepModel(build("lstm", 2))
+    calls = count_numpy_calls(monkeypatch)  # after the probes
+    products = 3  # layer 0's hidden product, layer 1's [x, h] product, the head
+    assert numpy_wins(1) and not numpy_wins(2)  # the module's fixture runs torch on one thread
+    stepper.step(torch.tensor([1]), stepper.init_state(1))
+    assert calls == [1] * products
+    stepper.step(torch.tensor([1, 2]), stepper.init_state(2))
+    assert calls == [1] * products  # several rows: not numpy
+    torch.set_num_threads(2)
+    try:
+        assert not numpy_wins(1)
+        stepper.step(torch.tensor([1]), stepper.init_state(1))
+    finally:
+        torch.set_num_threads(1)
+    assert calls == [1] * products  # torch on two threads: not numpy, so the two pools never meet
+
+
+def test_auto_leaves_numpy_out_when_its_product_disagrees(monkeypatch):
+    """The numpy path is checked against addmm before use, like the oneDNN one."""
+    monkeypatch.setattr(Linear, "_numpy", lambda self, x: torch.zeros(x.shape[0], self.weight.shape[0]))
+    model = build("lstm", 2)
+    stepper = StepModel(model)
+    assert not stepper.numpy_ready
+    with torch.no_grad():
+        want, _ = model(torch.tensor([[3]]))
+    got, _ = stepper.step(torch.tensor([3]), stepper.init_state(1))
+    torch.testing.assert_close(got, want[:, 0], atol=ATOL, rtol=0)
+    with pytest.raises(RuntimeError, match="differs"):
+        StepModel(model, backend="numpy")
+
+
+def test_numpy_backend_needs_a_float32_cpu_weight():
+    assert not StepModel(build("rnn", 2).double()).numpy_ready
+    with pytest.raises(ValueError, match="float32 CPU"):
+        Linear(torch.zeros(4, 3, dtype=torch.float64), None, backend="numpy")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -95,14 +95,14 @@ def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-THREADS_HELP = "CPU threads for torch (default: torch's choice, usually one per core)."
+THREADS_HELP = "CPU threads for torch and for numpy's BLAS (default: their choice, usually one per core)."
 
 
 def set_threads(threads: int | None) -> None:
     if threads:
-        import torch
+        from charrnn.threads import set_threads as set_both
 
-        torch.set_num_threads(threads)
+        set_both(threads)
 
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."

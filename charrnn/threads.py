@@ -1,0 +1,51 @@
+"""CPU threads: torch's intra-op pool and numpy's BLAS, which has its own (set through threadpoolctl).
+
+The two pools are separate, and both wait busily for work for a while after each call. On a
+2-core machine, a sampling step that used both took 50 times longer than one that used either,
+so for one stream ``charrnn sample`` gives the cores to numpy's BLAS and runs torch on one thread
+(see ``charrnn.step``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from threadpoolctl import threadpool_info, threadpool_limits
+
+
+def blas_threads() -> int:
+    """Threads numpy's BLAS runs a product on (the most among the BLAS libraries loaded; 1 if none)."""
+    return max((lib["num_threads"] for lib in threadpool_info() if lib.get("user_api") == "blas"), default=1)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in torch and in numpy's BLAS, for the rest of the process (None: leave both)."""
+    if threads:
+        torch.set_num_threads(threads)
+        threadpool_limits(threads, user_api="blas")
+
+
+def sampling_threads(num_samples: int, device: torch.device) -> int | None:
+    """The torch thread count that samples ``num_samples`` streams fastest on ``device``; None: as it is.
+
+    One stream on a CPU: 1, when numpy's BLAS has several threads, so that the step's products run
+    there (``charrnn.step.numpy_wins``). Anything else: the products are matrix-matrix ones, and
+    torch's own threads serve them best.
+    """
+    if num_samples == 1 and device.type == "cpu" and blas_threads() > 1:
+        return 1
+    return None
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with torch on ``threads`` threads (None: unchanged), then restore the count."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
