@@ -26,6 +26,7 @@ import time
 
 import torch
 
+import charrnn.threads
 import common
 from charrnn.data import Vocab
 from charrnn.model import CharRNN, ModelConfig
@@ -78,6 +79,19 @@ def run_generate(model: CharRNN, vocab: Vocab, streams: int, length: int) -> lis
     return times
 
 
+def mixed_pools(model: CharRNN, length: int, repeats: int) -> dict:
+    """One stream through numpy's BLAS, with torch on its own thread count ("both": two pools that
+    each wait busily, on the same cores) and with torch on one thread, as charrnn runs it."""
+    stepper = StepModel(model, backend="numpy")
+    rates = {"both": [], "torch_one": []}
+    for _ in range(repeats):
+        for key, threads in (("both", None), ("torch_one", 1)):
+            with torch_threads(threads):
+                rates[key].append(rate(run_step(stepper.step, model, 1, length + 1), 1))
+    out = {key: {"chars_per_s": common.median(r), "reps_chars_per_s": r} for key, r in rates.items()}
+    return {**out, "torch_threads": torch.get_num_threads(), "blas_threads": charrnn.threads.blas_threads(), "length": length}
+
+
 def rate(times: list[float], streams: int) -> float:
     """Characters per second over all streams, from the first timestamp to the last."""
     return (len(times) - 1) * streams / (times[-1] - times[0])
@@ -121,9 +135,12 @@ def parse_args(argv=None):
     parser.add_argument("--length", type=int, default=400, help="Timed characters per stream per repetition.")
     parser.add_argument("--warmup", type=int, default=20, help="Untimed characters per method before the first repetition.")
     parser.add_argument("--repeats", type=int, default=3, help="Repetitions; the median is reported.")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's choice].")
+    parser.add_argument("--threads", type=int, default=None, help="Threads for torch and numpy's BLAS [default: their choice].")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N].")
     parser.add_argument("--bandwidth-mb", type=int, default=256, help="Size of the copy that estimates memory bandwidth (0: skip).")
+    parser.add_argument("--mixed-pools", type=int, default=0, metavar="CHARS",
+                        help="Also time one stream's step through numpy's BLAS with torch on its own threads too "
+                             "(the combination charrnn avoids) against torch on one thread, for CHARS characters (0: skip).")
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
     parser.add_argument("--quick", action="store_true", help=f"Smoke run in seconds: {QUICK}.")
     args = parser.parse_args(argv)
@@ -206,6 +223,8 @@ def main(argv=None) -> None:
         row["meets_target"] = None if target is None else row["generate"]["chars_per_s"] >= target
         results.append(row)
 
+    mixed = mixed_pools(model, args.mixed_pools, args.repeats) if args.mixed_pools and device.type == "cpu" else None
+
     bound = None
     if args.bandwidth_mb:
         bandwidth = copy_bandwidth(args.bandwidth_mb, device)
@@ -230,13 +249,18 @@ def main(argv=None) -> None:
           "gen overhead = how much slower generate() is than the bare step loop; spread = (max - min) / median of\n"
           "the repetitions, the worst method; peak MiB = peak RSS of the process during any method (on CUDA:\n"
           "torch.cuda.max_memory_allocated).")
+    if mixed:
+        print(f"mixed pools, 1 stream, numpy's BLAS on {mixed['blas_threads']} threads: torch on {mixed['torch_threads']} "
+              f"threads {mixed['both']['chars_per_s']:,.0f} ch/s, torch on 1 thread {mixed['torch_one']['chars_per_s']:,.0f} ch/s "
+              f"(median of {args.repeats} x {args.mixed_pools} characters).")
     if bound:
         print(f"bandwidth bound, 1 stream: {bound['weight_bytes_per_step'] / 2**20:.1f} MiB of weights per step at "
               f"{bound['copy_bandwidth_gb_s']:.1f} GB/s (large-copy read+write) = ~{bound['one_stream_chars_per_s']:,.0f} chars/s; "
               "weights that fit in cache can beat it.")
     if args.json:
         options = {k: v for k, v in vars(args).items()}
-        path = common.write_json(args.json, "sample", info, options, {"rows": results, "bandwidth_bound": bound})
+        path = common.write_json(args.json, "sample", info, options, {"rows": results, "bandwidth_bound": bound,
+                                                                               "mixed_pools": mixed})
         print(f"wrote {path}", file=sys.stderr)
 
 

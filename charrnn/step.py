@@ -17,21 +17,22 @@ product agrees with ``addmm``; anything else (no oneDNN, a GPU, not float32, an 
 changed) uses ``addmm``. The packed copy costs a second copy of the weights.
 
 For one stream each product is a matrix-vector product (GEMV), and the one in numpy's BLAS
-(OpenBLAS in numpy's wheels) ran 2-3x faster than the MKL GEMV that PyTorch's CPU wheels call, on
-that Zen 3 (``bench_linear.py``). It is used through a zero-copy numpy view of the weight, but only
-while torch runs on one thread (``numpy_wins``): numpy's BLAS has its own worker threads, and when
-they and torch's OpenMP workers both wait busily for work on the same cores, a step took 20 ms
-instead of 0.4 ms. ``charrnn sample`` therefore runs one CPU stream with torch on one thread and
-the products on numpy's BLAS threads (``charrnn.threads.sampling_threads``). ``backend`` forces
-"blas", "onednn" or "numpy" for every product.
+(OpenBLAS in numpy's wheels) ran 1.7x (one thread) to 2.6x (two threads) faster than the MKL GEMV
+that PyTorch's CPU wheels call, on that Zen 3 (``bench_linear.py``, linear-20261126-033108). It is
+used through a zero-copy numpy view of the weight, but only while torch runs on one thread
+(``numpy_wins``): numpy's BLAS has its own worker threads, and when they and torch's OpenMP
+workers both wait busily for work on the same cores they starve each other (``bench_sample.py
+--mixed-pools``: 51 against 1,704 characters per second). ``charrnn sample`` therefore runs one CPU
+stream with torch on one thread and the products on numpy's BLAS threads
+(``charrnn.threads.sampling_threads``). ``backend`` forces "blas", "onednn" or "numpy" for every product.
 
 On a GPU the products are small and a step is some twenty tiny kernels, so one stream is bound by
 kernel launches, not arithmetic: ``StepModel.runner`` records the step once as a CUDA graph
 (``GraphedStep``) and replays it per character.
 
 The arithmetic is the same as PyTorch's cells (gate order i, f, g, o for LSTM; r, z, n for GRU), so
-``tests/test_step.py`` checks the logits against ``CharRNN.forward`` to float tolerance, on both
-backends. The weights are copies made once; the source model is not changed.
+``tests/test_step.py`` checks the logits against ``CharRNN.forward`` to float tolerance, on every
+backend. The weights are copies made once; the source model is not changed.
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def numpy_usable(weight: torch.Tensor) -> bool:
 def numpy_wins(rows: int) -> bool:
     """Whether numpy's BLAS should run a product of ``rows`` rows: one row, torch on one thread.
 
-    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-0400): for one row
-    numpy's GEMV was 2-3x faster than MKL's with two threads. For several rows MKL's or oneDNN's
-    GEMM is the better one. With torch on more than one thread, torch's OpenMP workers and numpy's
-    BLAS workers wait busily for work on the same cores and starve each other (see module docstring).
+    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-033108): for one
+    row numpy's GEMV was 1.7x (one thread) and 2.6x (two) faster than MKL's; for 2-32 rows oneDNN
+    was as fast or faster than numpy. With torch on more than one thread, torch's OpenMP workers
+    and numpy's BLAS workers wait busily for work on the same cores and starve each other (see the
+    module docstring), so numpy is left out then.
     """
     return rows == 1 and torch.get_num_threads() == 1
 

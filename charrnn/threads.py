@@ -1,9 +1,9 @@
 """CPU threads: torch's intra-op pool and numpy's BLAS, which has its own (set through threadpoolctl).
 
-The two pools are separate, and both wait busily for work for a while after each call. On a
-2-core machine, a sampling step that used both took 50 times longer than one that used either,
-so for one stream ``charrnn sample`` gives the cores to numpy's BLAS and runs torch on one thread
-(see ``charrnn.step``).
+The two pools are separate, and both wait busily for work for a while after each call: on a
+2-core machine, sampling steps that used both ran some 30 times slower than with torch on one
+thread (``benchmarks/bench_sample.py --mixed-pools``). For one stream ``charrnn sample`` gives
+the cores to numpy's BLAS and runs torch on one thread (see ``charrnn.step``).
 """
 
 from __future__ import annotations
