@@ -17,12 +17,12 @@ product agrees with ``addmm``; anything else (no oneDNN, a GPU, not float32, an 
 changed) uses ``addmm``. The packed copy costs a second copy of the weights.
 
 For one stream each product is a matrix-vector product (GEMV), and the one in numpy's BLAS
-(OpenBLAS in numpy's wheels) ran 1.7x (one thread) to 2.6x (two threads) faster than the MKL GEMV
-that PyTorch's CPU wheels call, on that Zen 3 (``bench_linear.py``, linear-20261126-033108). It is
+(OpenBLAS in numpy's wheels) ran 1.1x (one thread) to 2.5x (two threads) faster than the MKL GEMV
+that PyTorch's CPU wheels call, on that Zen 3 (``bench_linear.py``, linear-20261126-033716). It is
 used through a zero-copy numpy view of the weight, but only while torch runs on one thread
 (``numpy_wins``): numpy's BLAS has its own worker threads, and when they and torch's OpenMP
 workers both wait busily for work on the same cores they starve each other (``bench_sample.py
---mixed-pools``: 51 against 1,704 characters per second). ``charrnn sample`` therefore runs one CPU
+--mixed-pools``, sample-20261126-033525: 47 against 2,034 characters per second). ``charrnn sample`` therefore runs one CPU
 stream with torch on one thread and the products on numpy's BLAS threads
 (``charrnn.threads.sampling_threads``). ``backend`` forces "blas", "onednn" or "numpy" for every product.
 
@@ -86,9 +86,9 @@ def numpy_usable(weight: torch.Tensor) -> bool:
 def numpy_wins(rows: int) -> bool:
     """Whether numpy's BLAS should run a product of ``rows`` rows: one row, torch on one thread.
 
-    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-033108): for one
-    row numpy's GEMV was 1.7x (one thread) and 2.6x (two) faster than MKL's; for 2-32 rows oneDNN
-    was as fast or faster than numpy. With torch on more than one thread, torch's OpenMP workers
+    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-033716): for one
+    row numpy's GEMV was 1.1x (one thread) and 2.5x (two) faster than MKL's; for 2-32 rows oneDNN
+    was faster than numpy. With torch on more than one thread, torch's OpenMP workers
     and numpy's BLAS workers wait busily for work on the same cores and starve each other (see the
     module docstring), so numpy is left out then.
     """

@@ -1,8 +1,9 @@
 """CPU threads: torch's intra-op pool and numpy's BLAS, which has its own (set through threadpoolctl).
 
 The two pools are separate, and both wait busily for work for a while after each call: on a
-2-core machine, sampling steps that used both ran some 30 times slower than with torch on one
-thread (``benchmarks/bench_sample.py --mixed-pools``). For one stream ``charrnn sample`` gives
+2-core machine, one stream's sampling steps that used both ran at 47 characters per second, and
+at 2,034 with torch on one thread (``benchmarks/bench_sample.py --mixed-pools``,
+sample-20261126-033525). For one stream ``charrnn sample`` gives
 the cores to numpy's BLAS and runs torch on one thread (see ``charrnn.step``).
 """
 
