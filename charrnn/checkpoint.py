@@ -34,7 +34,7 @@ import torch
 from charrnn import __version__
 from charrnn.errors import CheckpointError, ConfigError, OutputError
 from charrnn.fsio import replace_atomic
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model import CharRNN, ModelConfig, parameter_shapes
 
 FORMAT_KEY = "format"
 FORMAT_MARKER = "charrnn-checkpoint"
@@ -224,8 +224,7 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
 
 def _check_weights(weights: dict, config: ModelConfig, bad: str) -> None:
     """Every expected tensor present, float, the right shape and finite; nothing extra."""
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in CharRNN(config).state_dict().items()}
+    expected = parameter_shapes(config)
     missing = sorted(set(expected) - set(weights))
     if missing:
         raise CheckpointError(f"{bad} (missing weights: {', '.join(missing[:5])})")
@@ -236,7 +235,7 @@ def _check_weights(weights: dict, config: ModelConfig, bad: str) -> None:
         tensor = weights[name]
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             raise CheckpointError(f"{bad} (weight {name!r} is not a float tensor)")
-        if tensor.shape != shape:
+        if tuple(tensor.shape) != shape:
             raise CheckpointError(
                 f"{bad} (weight {name!r} has shape {tuple(tensor.shape)} but the config needs {tuple(shape)})"
             )

@@ -61,6 +61,30 @@ class ModelConfig:
         return 2 if self.cell == "lstm" else 1
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per layer, as torch.nn stacks them
+
+
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in ``CharRNN(config).state_dict()``, without building the model.
+
+    For checking a checkpoint's weights: building a model just for its shapes costs either the
+    random initialisation (on the CPU) or PyTorch's first-use set-up of its meta-device kernels,
+    which was the slowest part of loading a checkpoint. ``tests/test_model.py`` checks this
+    against the real state dict for every cell.
+    """
+    gates = GATES[config.cell] * config.hidden_size
+    shapes = {"embedding.weight": (config.vocab_size, config.embedding_size)}
+    for layer in range(config.num_layers):
+        inputs = config.embedding_size if layer == 0 else config.hidden_size
+        shapes[f"rnn.weight_ih_l{layer}"] = (gates, inputs)
+        shapes[f"rnn.weight_hh_l{layer}"] = (gates, config.hidden_size)
+        shapes[f"rnn.bias_ih_l{layer}"] = (gates,)
+        shapes[f"rnn.bias_hh_l{layer}"] = (gates,)
+    shapes["head.weight"] = (config.vocab_size, config.hidden_size)
+    shapes["head.bias"] = (config.vocab_size,)
+    return shapes
+
+
 class CharRNN(nn.Module):
     """idx: (B, T) int64, state -> logits: (B, T, vocab_size), next state."""
 

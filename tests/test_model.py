@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from charrnn.errors import ConfigError
-from charrnn.model import CharRNN, ModelConfig, detach_state
+from charrnn.model import CharRNN, ModelConfig, detach_state, parameter_shapes
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -19,6 +19,15 @@ def test_shapes_and_state_carry(cell, num_layers):
     a, mid = model(idx[:, :4])
     b, _ = model(idx[:, 4:], detach_state(mid))
     torch.testing.assert_close(torch.cat([a, b], dim=1), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_parameter_shapes_are_the_state_dicts(cell, num_layers):
+    """Checkpoint loading checks weights against parameter_shapes: it must name exactly what CharRNN holds."""
+    config = ModelConfig(vocab_size=13, cell=cell, num_layers=num_layers, hidden_size=6, embedding_size=5)
+    want = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}
+    assert parameter_shapes(config) == want
 
 
 @pytest.mark.parametrize("bad", [dict(cell="transformer"), dict(hidden_size=0), dict(dropout=1.0), dict(num_layers=-1)])
