@@ -88,6 +88,35 @@ def test_second_ctrl_c_exits_at_once_without_corrupting_files(tmp_path, corpus_f
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "temporary files are removed"
 
 
+_LATE_SIGNAL = textwrap.dedent(
+    """
+    import atexit, os, signal, sys, time
+    from charrnn.cli import main
+
+    SIG = getattr(signal, sys.argv[1])
+
+    def late_signal():  # runs while the interpreter shuts down, after main() has returned its code
+        os.kill(os.getpid(), SIG)
+        time.sleep(2)  # a Python handler would run here, and a default one would end the process
+
+    atexit.register(late_signal)
+    sys.argv = ["charrnn", "--version"]
+    main()
+    """
+)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_shutdown_leaves_the_commands_exit_code_and_no_traceback(tmp_path, sig):
+    """The second Ctrl-C often lands after training has stopped, while the interpreter shuts down."""
+    script = tmp_path / "late.py"
+    script.write_text(_LATE_SIGNAL)
+    proc = subprocess.run([PYTHON, str(script), sig], capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr  # --version's code, not death by the signal
+    assert proc.stdout.startswith("charrnn, version")
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
 # -- atomic saves ------------------------------------------------------------------------------
 
 _SAVER = textwrap.dedent(

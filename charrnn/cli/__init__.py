@@ -5,6 +5,7 @@ stdout carries the product (sampled text, ``--json``); everything else goes to s
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -64,4 +65,17 @@ def _utf8_streams() -> None:
 def main() -> None:
     """Console-script entry point."""
     _utf8_streams()
-    sys.exit(cli.main(prog_name="charrnn", standalone_mode=True))
+    try:
+        code = cli.main(prog_name="charrnn", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:  # a second Ctrl-C as the command returned, after its handler was gone
+        code = 130
+    # The command is done and all it saved is on disk; what is left is the interpreter's shutdown
+    # (torch's takes about half a second). A signal there, often the user's second Ctrl-C after
+    # training stopped on the first, would print an "Exception ignored" traceback from an atexit hook
+    # or, once Python has restored the default handlers, kill the process with no exit code of ours.
+    # Ignored signals stay ignored to the end, so the process exits with the command's code.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
