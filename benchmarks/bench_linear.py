@@ -2,7 +2,7 @@
 
 For a given model size, the products StepModel runs per character (layer 0's hidden product, one
 [x, h] product per further layer, the head) are timed in turn, as a step runs them, through
-``charrnn.step.Linear`` with backend "blas", "onednn" and "numpy", for several numbers of rows
+``charrnn.inference.Linear`` with backend "blas", "onednn" and "numpy", for several numbers of rows
 (parallel streams) and thread counts. The thread count is torch's and numpy's BLAS's alike
 (``charrnn.threads.set_threads``). Reported: microseconds per step's products, GFLOP/s, the
 speed-ups over BLAS, and which one StepModel's "auto" backend picks (``numpy_wins``, then
@@ -20,7 +20,7 @@ import time
 import torch
 
 import common
-from charrnn.step import Linear, numpy_wins, onednn_usable, onednn_wins
+from charrnn.inference import Linear, numpy_wins, onednn_usable, onednn_wins
 from charrnn.threads import set_threads
 
 QUICK = {"rows": [1, 4], "threads": [1], "calls": 5, "repeats": 1}
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     common.print_table(f"sampling step's products, {name}, median of {args.repeats}" + (" (QUICK)" if args.quick else ""),
                        columns, table)
     print("us = microseconds for one step's products; speed-up = blas time / that backend's time; auto picks =\n"
-          "what charrnn.step's numpy_wins and onednn_wins choose for that many rows at that thread count;\n"
+          "what charrnn.inference's numpy_wins and onednn_wins choose for that many rows at that thread count;\n"
           "spread = (max - min) / median, the worst backend.")
     if args.json:
         path = common.write_json(args.json, "linear", info, dict(vars(args)), {"rows": results, "shapes": dims})

@@ -25,7 +25,7 @@ import torch
 
 from charrnn.data import Corpus, default_corpus_path, read_text
 from charrnn.model import ModelConfig
-from charrnn.train import Callback, TrainConfig, Trainer
+from charrnn.trainer import Callback, TrainConfig, Trainer
 
 
 def rss_mb(pid: int | str = "self") -> float:

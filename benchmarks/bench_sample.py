@@ -31,7 +31,7 @@ import common
 from charrnn.data import Vocab
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import Draw, generate
-from charrnn.step import StepModel
+from charrnn.inference import StepModel
 from charrnn.threads import sampling_threads, torch_threads
 
 METHODS = ("naive", "step-blas", "step", "generate")

@@ -41,7 +41,7 @@ from charrnn.cli.common import stderr_console
 from charrnn.cli.train import Progress
 from charrnn.data import Corpus, default_corpus_path, read_text, split
 from charrnn.model import ModelConfig
-from charrnn.train import DTYPES, Callback, TrainConfig, Trainer
+from charrnn.trainer import DTYPES, Callback, TrainConfig, Trainer
 
 EMBEDDING_SIZE = 64
 LR = 2e-3

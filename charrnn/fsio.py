@@ -1,10 +1,12 @@
-"""Durable file replacement shared by checkpoints and the corpus cache."""
+"""File helpers: durable atomic replacement (checkpoints, the corpus cache) and an early writability check."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+from charrnn.errors import OutputError
 
 
 def replace_atomic(path: Path, payload) -> None:
@@ -42,3 +44,16 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail now, not after an hour of training, if checkpoints cannot be written to ``out_dir``."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".charrnn-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to --out-dir {out_dir} ({exc.strerror or exc}); choose a writable folder"
+        ) from None

@@ -11,7 +11,7 @@ import torch
 from charrnn.data import Vocab, describe_chars
 from charrnn.errors import ConfigError, DataError
 from charrnn.model import CharRNN
-from charrnn.step import StepModel
+from charrnn.inference import StepModel
 
 
 class Draw:

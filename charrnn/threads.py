@@ -4,7 +4,7 @@ The two pools are separate, and both wait busily for work for a while after each
 2-core machine, one stream's sampling steps that used both ran at 47 characters per second, and
 at 2,034 with torch on one thread (``benchmarks/bench_sample.py --mixed-pools``,
 sample-20261126-033525). For one stream ``charrnn sample`` gives
-the cores to numpy's BLAS and runs torch on one thread (see ``charrnn.step``).
+the cores to numpy's BLAS and runs torch on one thread (see ``charrnn.inference``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def sampling_threads(num_samples: int, device: torch.device) -> int | None:
     """The torch thread count that samples ``num_samples`` streams fastest on ``device``; None: as it is.
 
     One stream on a CPU: 1, when numpy's BLAS has several threads, so that the step's products run
-    there (``charrnn.step.numpy_wins``). Anything else: the products are matrix-matrix ones, and
+    there (``charrnn.inference.numpy_wins``). Anything else: the products are matrix-matrix ones, and
     torch's own threads serve them best.
     """
     if num_samples == 1 and device.type == "cpu" and blas_threads() > 1:

@@ -32,7 +32,7 @@ import torch
 from charrnn.data import Vocab, describe_chars
 from charrnn.errors import ConfigError, DataError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.step import LayerInternals, StepModel
+from charrnn.inference import LayerInternals, StepModel
 
 # What can be recorded per cell type. "c" is shown as tanh(c), as in the paper: c itself is unbounded.
 QUANTITIES = {

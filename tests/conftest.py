@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn.cli import cli
-from charrnn.train import Callback
+from charrnn.trainer import Callback
 
 SUBJECTS = ["the cat", "a dog", "my king", "the queen", "our lord"]
 VERBS = ["sees", "loves", "hates", "finds", "serves"]

@@ -14,9 +14,9 @@ from charrnn.cli import cli
 from charrnn.corpus_files import CACHEDIR_TAG, load_corpus, resolve_inputs
 from charrnn.data import Batches, Corpus, Vocab, read_text, split
 from charrnn.errors import DataError, OutputError
-from charrnn.evaluate import eval_subset, evaluate
+from charrnn.loss import eval_subset, evaluate
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import Callback, TrainConfig, Trainer
+from charrnn.trainer import Callback, TrainConfig, Trainer
 from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 # 1-, 2-, 3- and 4-byte UTF-8 characters, CRLF, and a character that is its own escape.

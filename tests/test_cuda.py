@@ -17,11 +17,11 @@ import torch
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli import cli
 from charrnn.data import Corpus
-from charrnn.evaluate import evaluate
+from charrnn.loss import evaluate
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
-from charrnn.step import GraphedStep, StepModel
-from charrnn.train import TrainConfig, Trainer
+from charrnn.inference import GraphedStep, StepModel
+from charrnn.trainer import TrainConfig, Trainer
 from conftest import TINY_MODEL, TINY_TRAIN, Losses, make_text
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

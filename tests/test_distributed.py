@@ -24,7 +24,7 @@ from charrnn import distributed
 from charrnn.data import Corpus
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
-from charrnn.train import Callback, TrainConfig, Trainer
+from charrnn.trainer import Callback, TrainConfig, Trainer
 from conftest import TINY_MODEL, make_text
 
 pytestmark = [

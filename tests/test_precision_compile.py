@@ -8,7 +8,7 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.data import Corpus
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
-from charrnn.train import TrainConfig, Trainer
+from charrnn.trainer import TrainConfig, Trainer
 from conftest import Losses, make_text
 
 CORPUS = Corpus.from_text(make_text(200), "t.txt")
@@ -36,7 +36,7 @@ def test_unknown_dtype_is_refused():
 def test_compile_gives_the_same_run_and_saves_the_uncompiled_module(tmp_path, monkeypatch):
     eager, _ = run(tmp_path / "eager")
     # aot_eager traces the model with dynamo and AOTAutograd like inductor does, without a C++ build.
-    monkeypatch.setattr("charrnn.train.torch.compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr("charrnn.trainer.torch.compile", functools.partial(torch.compile, backend="aot_eager"))
     compiled, result = run(tmp_path / "compiled", compile=True)
     assert compiled == pytest.approx(eager, rel=1e-4)
     raw = torch.load(result.last_path, weights_only=True)

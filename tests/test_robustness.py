@@ -22,7 +22,7 @@ from charrnn.cli import cli
 from charrnn.data import Corpus
 from charrnn.errors import CheckpointError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import TrainConfig, Trainer
+from charrnn.trainer import TrainConfig, Trainer
 from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 PYTHON = sys.executable

@@ -14,7 +14,7 @@ from torch import nn
 from charrnn.data import Vocab
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
-from charrnn.step import LayerInternals, Linear, StepModel, numpy_wins, onednn_usable
+from charrnn.inference import LayerInternals, Linear, StepModel, numpy_wins, onednn_usable
 
 ATOL = 1e-5
 VOCAB_SIZE = 11

@@ -7,7 +7,8 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.data import Corpus
 from charrnn.errors import ConfigError, DivergedError, OutputError
 from charrnn.model import ModelConfig
-from charrnn.train import Callback, TrainConfig, Trainer, check_writable, learning_rate
+from charrnn.fsio import check_writable
+from charrnn.trainer import Callback, TrainConfig, Trainer, learning_rate
 from conftest import make_text, unigram_entropy
 
 TEXT = make_text(400)
@@ -138,7 +139,7 @@ def test_nan_loss_stops_and_never_touches_best(tmp_path, monkeypatch):
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 15 and torch.is_grad_enabled() else loss
 
-    monkeypatch.setattr("charrnn.train.F.cross_entropy", poisoned)
+    monkeypatch.setattr("charrnn.trainer.F.cross_entropy", poisoned)
     before = None
     with pytest.raises(DivergedError, match=r"diverged at step \d+.*--lr.*--grad-clip"):
         trainer.run()
@@ -158,7 +159,7 @@ def test_on_nan_skip_halves_lr_and_continues(tmp_path, monkeypatch):
         loss = real(*args, **kwargs)
         return loss * float("inf") if calls["n"] == 3 and torch.is_grad_enabled() else loss
 
-    monkeypatch.setattr("charrnn.train.F.cross_entropy", poisoned)
+    monkeypatch.setattr("charrnn.trainer.F.cross_entropy", poisoned)
     result = Trainer(model_config(c), train_config(max_steps=8, on_nan="skip", schedule="constant"), c, tmp_path, callback=rec).run()
     assert result.steps == 8 and rec.skips == [(3, 0.5)]
     assert ckpt_io.load(tmp_path / "last.pt").progress["lr_scale"] == 0.5

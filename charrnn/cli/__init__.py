@@ -40,13 +40,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from charrnn.cli import evaluate, inspect, sample, train
+    from charrnn.cli import eval as eval_cli, inspect, sample, train
 
     cli.add_command(train.train)
     cli.add_command(sample.sample)
     cli.add_command(inspect.inspect_cmd)
     cli.add_command(inspect.inspect_cmd, name="inspect-checkpoint")
-    cli.add_command(evaluate.eval_cmd)
+    cli.add_command(eval_cli.eval_cmd)
     from charrnn.cli import visualize
     cli.add_command(visualize.visualize)
 

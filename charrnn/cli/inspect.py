@@ -12,7 +12,7 @@ from rich.table import Table
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli.common import echo_json, format_duration
 from charrnn.data import escape_char
-from charrnn.evaluate import LN2
+from charrnn.loss import LN2
 
 SPARK = "▁▂▃▄▅▆▇█"
 

@@ -13,7 +13,7 @@ from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, echo_
 from charrnn.data import Vocab
 from charrnn.sample import generate
 from charrnn.threads import sampling_threads, torch_threads
-from charrnn.train import resolve_device
+from charrnn.devices import resolve_device
 
 DEFAULT_CHECKPOINT = Path(DEFAULT_OUT_DIR) / "best.pt"
 

@@ -23,10 +23,12 @@ from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Durat
 from charrnn.corpus_files import LoadedCorpus, describe_skipped, load_corpus
 from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
 from charrnn.errors import ConfigError
-from charrnn.evaluate import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
+from charrnn.loss import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
 from charrnn.model import CELLS, ModelConfig
 from charrnn.sample import generate
-from charrnn.train import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer, check_writable, resolve_device
+from charrnn.devices import resolve_device
+from charrnn.fsio import check_writable
+from charrnn.trainer import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer
 
 MODEL_DEFAULTS = ModelConfig(vocab_size=1)
 TRAIN_DEFAULTS = TrainConfig(max_steps=DEFAULT_MAX_STEPS)

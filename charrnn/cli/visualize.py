@@ -25,7 +25,7 @@ from charrnn import visualize as viz
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, UserError, echo_json, stderr_console
 from charrnn.data import Vocab, escape_char, read_text
 from charrnn.sample import generate
-from charrnn.train import resolve_device
+from charrnn.devices import resolve_device
 
 DEFAULT_CHECKPOINT = Path(DEFAULT_OUT_DIR) / "best.pt"
 TABLE_ROWS = 40  # predictions table rows when no --range is given

@@ -11,8 +11,8 @@ from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
 from charrnn.corpus_files import load_corpus
 from charrnn.data import Corpus, Vocab, default_corpus_path, read_text, split
 from charrnn.errors import ConfigError
-from charrnn.evaluate import evaluate
-from charrnn.train import resolve_device
+from charrnn.loss import evaluate
+from charrnn.devices import resolve_device
 
 
 @click.command("eval")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,8 +18,8 @@ import torch.nn.functional as F
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import ConfigError, DivergedError, OutputError
-from charrnn.evaluate import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, Loss, eval_subset, evaluate
+from charrnn.errors import ConfigError, DivergedError
+from charrnn.loss import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, Loss, eval_subset, evaluate
 from charrnn.model import CharRNN, ModelConfig, detach_state
 
 SCHEDULES = ("cosine", "wsd", "step", "constant")
@@ -148,42 +147,6 @@ class Callback:
     def on_eval(self, info: EvalInfo) -> None: ...
 
     def on_nan_skip(self, step: int, new_lr_scale: float) -> None: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda[:N] | mps -> a torch.device that exists here, or ConfigError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps was asked for but MPS is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def check_writable(out_dir: Path) -> None:
-    """Fail now, not after an hour of training, if checkpoints cannot be written to ``out_dir``."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".charrnn-write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to --out-dir {out_dir} ({exc.strerror or exc}); choose a writable folder"
-        ) from None
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float, epoch: int) -> float:
