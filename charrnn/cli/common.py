@@ -9,7 +9,7 @@ import sys
 import click
 from rich.console import Console
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, cli_names
 
 DEFAULT_OUT_DIR = "out"
 
@@ -27,7 +27,8 @@ class CharRNNGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with cli_names():  # library messages name options as flags: --top-k, not top_k
+                return super().invoke(ctx)
         except CharRNNError as exc:
             raise UserError(str(exc), exc.exit_code) from None
         except BrokenPipeError:
