@@ -19,7 +19,7 @@ def option(name: str, value: Any = ...) -> str:
     if given: ``top_k`` / ``top_k=5`` for Python callers, ``--top-k`` / ``--top-k 5`` for the CLI."""
     if _CLI_NAMES.get():
         flag = "--" + name.replace("_", "-")
-        return flag if value is ... else f"{flag} {value}"
+        return flag if value is ... or value is True else f"{flag} {value}"
     return name if value is ... else f"{name}={value!r}"
 
 

@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 
 from charrnn.data import Vocab, describe_chars
-from charrnn.errors import ConfigError, DataError
+from charrnn.errors import ConfigError, DataError, option
 from charrnn.model import CharRNN
 from charrnn.inference import StepModel
 
@@ -61,14 +61,22 @@ class Draw:
 
 def check_options(vocab_size: int, length: int, temperature: float, top_k: int | None, num_samples: int) -> None:
     """ConfigError for options that cannot produce a sample."""
+    for name, value in (("length", length), ("num_samples", num_samples), ("top_k", top_k)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{option(name)} must be a whole number, got {value!r}")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
+        raise ConfigError(f"{option('temperature')} must be a number, got {temperature!r}")
     if length < 1:
-        raise ConfigError(f"--length must be at least 1, got {length}")
+        raise ConfigError(f"{option('length')} must be at least 1, got {length}")
     if not (temperature > 0 and math.isfinite(temperature)):
-        raise ConfigError(f"--temperature must be greater than 0, got {temperature}; use --argmax for greedy decoding")
+        raise ConfigError(
+            f"{option('temperature')} must be greater than 0, got {temperature}; use {option('argmax', True)} "
+            "for greedy decoding"
+        )
     if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ConfigError(f"--top-k must be between 1 and the vocabulary size ({vocab_size}), got {top_k}")
+        raise ConfigError(f"{option('top_k')} must be between 1 and the vocabulary size ({vocab_size}), got {top_k}")
     if num_samples < 1:
-        raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
+        raise ConfigError(f"{option('num_samples')} must be at least 1, got {num_samples}")
 
 
 def prime_ids(vocab: Vocab, prime: str) -> list[int]:
@@ -76,7 +84,7 @@ def prime_ids(vocab: Vocab, prime: str) -> list[int]:
     unknown = vocab.missing(prime)
     if unknown:
         raise DataError(
-            f"--prime has {len(unknown)} character(s) not in the model's vocabulary: "
+            f"{option('prime')} has {len(unknown)} character(s) not in the model's vocabulary: "
             f"{describe_chars(unknown)}; remove them (`charrnn inspect` lists the vocabulary)"
         )
     return [vocab.chars.index(ch) for ch in prime]

@@ -135,6 +135,7 @@ class TrainResult:
     last_path: Path
     best_path: Path | None
     eval_seconds: float
+    sample: str | None = None  # the closing sample from best.pt (charrnn.run), if one was asked for
 
 
 class Callback:

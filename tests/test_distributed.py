@@ -270,13 +270,13 @@ def test_cli_nproc_trains_through_the_launcher_stops_on_ctrl_c_and_resumes_in_on
 
 
 def test_a_repeated_signal_within_the_window_is_the_same_signal():
-    from charrnn.cli.train import StopOnSignal
+    from charrnn.run import StopOnSignal
 
-    stop = StopOnSignal(None, coalesce_s=60.0)
+    stop = StopOnSignal(coalesce_s=60.0)
     stop._handle(signal.SIGINT, None)
     stop._handle(signal.SIGINT, None)  # the launcher's forwarded copy: not a second Ctrl-C
     assert stop() == "SIGINT"
-    alone = StopOnSignal(None)
+    alone = StopOnSignal()
     alone._handle(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
         alone._handle(signal.SIGINT, None)

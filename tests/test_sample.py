@@ -56,7 +56,7 @@ def test_low_temperature_concentrates_on_likely_characters():
     [
         (dict(temperature=0), ConfigError, "temperature"),
         (dict(temperature=-1), ConfigError, "temperature"),
-        (dict(top_k=99), ConfigError, "top-k"),
+        (dict(top_k=99), ConfigError, "top_k must"),
         (dict(length=0), ConfigError, "length"),
         (dict(prime="xyz"), DataError, "'x', 'y', 'z'"),
         (dict(prime="abz"), DataError, "'z'"),

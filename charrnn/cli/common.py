@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 import click
@@ -54,31 +53,18 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)  # a line stays one line (copy-pastable commands)
 
 
-_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
-
-
 class Duration(click.ParamType):
     """'90', '90s', '10m', '1.5h', '2d', or combinations like '1h30m' -> seconds (float)."""
 
     name = "DURATION"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            seconds = float(value)
-        else:
-            parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)", str(value))
-            joined = "".join(n + u for n, u in parts)
-            if not parts or joined != re.sub(r"\s+", "", str(value)):
-                self.fail(f"{value!r} is not a duration; use e.g. 90s, 10m, 1.5h or 1h30m", param, ctx)
-            seconds = 0.0
-            for number, unit in parts:
-                unit = unit.lower() or None
-                if unit not in _UNIT_SECONDS:
-                    self.fail(f"{value!r}: unknown unit {unit!r}; use s, m, h or d", param, ctx)
-                seconds += float(number) * _UNIT_SECONDS[unit]
-        if seconds <= 0:
-            self.fail(f"{value!r} must be longer than zero", param, ctx)
-        return seconds
+        from charrnn.run import parse_duration
+
+        try:
+            return parse_duration(value if isinstance(value, (int, float)) else str(value))
+        except CharRNNError as exc:
+            self.fail(str(exc).split(" ", 1)[1] if str(exc).startswith("--") else str(exc), param, ctx)
 
 
 def format_duration(seconds: float) -> str:
@@ -97,13 +83,6 @@ def echo_json(obj) -> None:
 
 
 THREADS_HELP = "CPU threads for torch and for numpy's BLAS (default: their choice, usually one per core)."
-
-
-def set_threads(threads: int | None) -> None:
-    if threads:
-        from charrnn.threads import set_threads as set_both
-
-        set_both(threads)
 
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."

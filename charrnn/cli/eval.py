@@ -6,13 +6,8 @@ from pathlib import Path
 
 import click
 
-from charrnn import checkpoint as ckpt_io
+from charrnn.api import evaluate
 from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
-from charrnn.corpus_files import load_corpus
-from charrnn.data import Corpus, Vocab, default_corpus_path, read_text, split
-from charrnn.errors import ConfigError
-from charrnn.loss import evaluate
-from charrnn.devices import resolve_device
 
 
 @click.command("eval")
@@ -27,38 +22,18 @@ def eval_cmd(checkpoint: Path, text: Path | None, batch_size, seq_len, encoding,
     """Loss of CHECKPOINT on TEXT, or on the checkpoint's own validation split when TEXT is omitted.
 
     TEXT may be a file, a folder or a quoted glob, as for `charrnn train`. Every character is scored
-    (no --eval-chars subset here). Without TEXT, the training run's corpus cache next to CHECKPOINT
-    is reused when it is still valid.
+    (no --eval-chars subset here). Without TEXT, the checkpoint's text is found again the way
+    `charrnn train --resume` finds it, and the run's corpus cache next to CHECKPOINT is reused
+    when it is still valid.
     """
-    ckpt = ckpt_io.load(checkpoint)
-    vocab = Vocab(ckpt.vocab)
-    if text is None:
-        corpus_path = ckpt.corpus.get("path") or str(default_corpus_path())
-        if ckpt.corpus.get("path"):
-            cache = checkpoint.parent / "cache"
-            corpus = load_corpus(
-                corpus_path, encoding=encoding, separator=ckpt.corpus.get("separator") or "\n", vocab=vocab,
-                cache_dir=cache if cache.is_dir() else None,
-            ).corpus
-        else:
-            raw = read_text(corpus_path)
-            corpus = Corpus.from_text(raw, ckpt.corpus.get("name", corpus_path), vocab)
-        if corpus.sha256 != ckpt.corpus.get("sha256"):
-            raise ConfigError(f"{corpus_path} changed since {checkpoint} was trained; pass the TEXT to evaluate on")
-        _, ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
-        what = f"validation split of {corpus.name}"
-    else:
-        corpus = load_corpus(text, encoding=encoding, vocab=vocab).corpus
-        ids, what = corpus.ids, str(text)
-    torch_device = resolve_device(device)
-    model = ckpt.build_model(torch_device)
-    loss = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len, device=torch_device)
-    result = {
-        "checkpoint": str(checkpoint), "text": what, "chars": loss.chars,
-        "nats_per_char": loss.nats, "bits_per_char": loss.bits, "perplexity": loss.perplexity,
-    }
+    result = evaluate(checkpoint, text, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device)
     if as_json:
-        echo_json(result)
+        echo_json({
+            "checkpoint": str(checkpoint), "text": result.text, "n_chars": result.n_chars,
+            "loss_nats": result.nats, "loss_bits": result.bits, "perplexity": result.perplexity,
+            # Deprecated spellings (charrnn 1.0), to be removed in 1.2.
+            "chars": result.n_chars, "nats_per_char": result.nats, "bits_per_char": result.bits,
+        })
     else:
-        stderr_console().print(f"[dim]{what}: {loss.chars:,} characters scored")
-        click.echo(f"{loss.nats:.4f} nats/char  {loss.bits:.4f} bits/char  perplexity {loss.perplexity:.3f}")
+        stderr_console().print(f"[dim]{result.text}: {result.n_chars:,} characters scored")
+        click.echo(f"{result.nats:.4f} nats/char  {result.bits:.4f} bits/char  perplexity {result.perplexity:.3f}")

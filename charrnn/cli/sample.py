@@ -8,12 +8,9 @@ from pathlib import Path
 
 import click
 
-from charrnn import checkpoint as ckpt_io
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, echo_json, set_threads
-from charrnn.data import Vocab
-from charrnn.sample import generate
-from charrnn.threads import sampling_threads, torch_threads
-from charrnn.devices import resolve_device
+from charrnn.api import load
+from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, echo_json
+from charrnn.threads import set_threads
 
 DEFAULT_CHECKPOINT = Path(DEFAULT_OUT_DIR) / "best.pt"
 
@@ -35,13 +32,13 @@ class _Stream:
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINT)
-@click.option("--length", "-n", type=int, default=1000, show_default=True, help="Characters to generate (after the prime).")
+@click.option("--length", "-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Characters to generate (after the prime).")
 @click.option("--temperature", "-t", type=float, default=0.8, show_default=True, help="> 0; lower is more conservative, 1 samples the model's own distribution.")
 @click.option("--prime", "--primetext", "prime", default="", help="Text that seeds the hidden state; printed before the continuation.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character (greedy) instead of sampling.")
-@click.option("--top-k", type=int, default=None, help="Sample only from the k most likely characters.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample only from the k most likely characters.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
-@click.option("--num-samples", type=int, default=1, show_default=True, help="Independent samples, generated together as a batch.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Independent samples, generated together as a batch.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prime, samples, options) instead of streaming.")
@@ -50,41 +47,24 @@ def sample(checkpoint: Path, length, temperature, prime, argmax, top_k, seed, nu
 
     Only the text goes to stdout, so `charrnn sample > out.txt` works. With --num-samples N > 1 the
     samples are printed one after another, each followed by a blank line and a line of dashes.
+    The same options and --seed give the text `charrnn.load(CHECKPOINT).sample(...)` returns.
     """
     set_threads(threads)
-    ckpt = ckpt_io.load(checkpoint)
-    torch_device = resolve_device(device)
-    model = ckpt.build_model(torch_device)
-    vocab = Vocab(ckpt.vocab)
-    # One CPU stream: torch on one thread, the step's products on numpy's BLAS threads (charrnn.threads).
-    with torch_threads(sampling_threads(num_samples, torch_device)):
-        _write(checkpoint, model, vocab, length, temperature, prime, argmax, top_k, seed, num_samples, as_json)
-
-
-def _write(checkpoint, model, vocab, length, temperature, prime, argmax, top_k, seed, num_samples, as_json) -> None:
-    steps = generate(
-        model, vocab, length=length, prime=prime, temperature=temperature,
-        top_k=top_k, argmax=argmax, num_samples=num_samples, seed=seed,
-    )
+    model = load(checkpoint, device=device)
+    options = dict(prime=prime, temperature=temperature, top_k=top_k, argmax=argmax, seed=seed, num_samples=num_samples)
     if as_json or num_samples > 1:
-        columns = [[] for _ in range(num_samples)]
-        for chars in steps:
-            for column, ch in zip(columns, chars):
-                column.append(ch)
-        texts = [prime + "".join(c) for c in columns]
+        texts = model.sample(length, **options)
+        texts = [texts] if isinstance(texts, str) else texts
         if as_json:
-            echo_json({
-                "checkpoint": str(checkpoint), "prime": prime, "temperature": temperature,
-                "argmax": argmax, "top_k": top_k, "seed": seed, "samples": texts,
-            })
+            echo_json({"checkpoint": str(checkpoint), "length": length, "num_samples": num_samples, **options,
+                       "samples": texts})
         else:
             for text in texts:
                 sys.stdout.write(text + "\n\n" + "-" * 40 + "\n")
             sys.stdout.flush()
         return
     out = _Stream(sys.stdout)
-    out.write(prime)
-    for chars in steps:
-        out.write(chars[0])
+    for piece in model.generate(length, **options):
+        out.write(piece)
     out.write("\n")
     sys.stdout.flush()

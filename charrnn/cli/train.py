@@ -1,8 +1,11 @@
-"""``charrnn train``: options, progress bar, evaluation tables, interrupts and the closing summary."""
+"""``charrnn train``: flags, the progress bar, evaluation lines, the closing summary and exit codes.
+
+What a run *is* (resume and fine-tuning rules, the out-dir guard, finding the text, signals) lives in
+``charrnn.run``; this module turns flags into its options and renders what it reports.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -17,59 +20,20 @@ from rich.panel import Panel
 from rich.table import Table
 from tqdm import tqdm
 
-from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Duration, UserError, format_duration, set_threads, stderr_console
-from charrnn.corpus_files import LoadedCorpus, describe_skipped, load_corpus
-from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
+from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Duration, UserError, format_duration, stderr_console
+from charrnn.corpus_files import describe_skipped
+from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError
 from charrnn.loss import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
 from charrnn.model import CELLS, ModelConfig
-from charrnn.sample import generate
-from charrnn.devices import resolve_device
-from charrnn.fsio import check_writable
+from charrnn.run import RUN_DEFAULTS, SAMPLE_TEMPERATURE, Run
 from charrnn.trainer import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer
 
 MODEL_DEFAULTS = ModelConfig(vocab_size=1)
 TRAIN_DEFAULTS = TrainConfig(max_steps=DEFAULT_MAX_STEPS)
-ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size")
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
-
-
-class StopOnSignal:
-    """First SIGINT/SIGTERM: ask the trainer to stop after this step. Second: stop at once."""
-
-    def __init__(self, console, coalesce_s: float = 0.0):
-        self.console = console  # None: say nothing (processes other than rank 0)
-        self.received: str | None = None
-        self._previous = {}
-        # Under torchrun a Ctrl-C reaches every process twice, from the terminal and forwarded by the
-        # launcher: a repeat this soon is the same signal, not a second one.
-        self.coalesce_s, self._at = coalesce_s, 0.0
-
-    def __call__(self) -> str | None:
-        return self.received
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.received is not None:
-            if time.monotonic() - self._at < self.coalesce_s:
-                return
-            raise KeyboardInterrupt  # the second signal: leave now; saves are atomic
-        self.received, self._at = name, time.monotonic()
-        if self.console is None:
-            return
-        with tqdm.external_write_mode(file=sys.stderr):
-            self.console.print(f"[yellow]{name}: finishing this step and saving last.pt (press Ctrl-C again to quit at once)")
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+CLI_ONLY = ("text", "out_dir", "resume", "init_from", "force", "nproc", "quiet", "as_json")
 
 
 class Progress(Callback):
@@ -121,13 +85,18 @@ class Progress(Callback):
             f"step {info.step:>6}  epoch {info.epoch:>3}  train {info.train_loss:.4f}  "
             f"val {info.val.nats:.4f} nats/char = {info.val.bits:.4f} bits/char  ({info.seconds:.1f}s) {mark}"
         )
-        with tqdm.external_write_mode(file=sys.stderr):
-            self.console.print(line)
+        self._print(line)
 
     def on_nan_skip(self, step, new_lr_scale) -> None:
         # Shown even with --quiet: the run is not doing what was asked.
+        self._print(f"[yellow]step {step}: NaN/inf loss, batch skipped, learning rate now x{new_lr_scale:g}")
+
+    def on_signal(self, name: str) -> None:
+        self._print(f"[yellow]{name}: finishing this step and saving last.pt (press Ctrl-C again to quit at once)")
+
+    def _print(self, line: str) -> None:
         with tqdm.external_write_mode(file=sys.stderr):
-            self.console.print(f"[yellow]step {step}: NaN/inf loss, batch skipped, learning rate now x{new_lr_scale:g}")
+            self.console.print(line)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -135,30 +104,7 @@ class Progress(Callback):
 
 
 def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-
-
-def _check_architecture(ctx: click.Context, source: ckpt_io.Checkpoint, flag_for: str, values: dict) -> None:
-    """A flag given on the command line must agree with the checkpoint we continue from."""
-    saved = source.model_config
-    for name in ARCHITECTURE:
-        if _given(ctx, name) and values[name] != getattr(saved, name):
-            raise ConfigError(
-                f"--{name.replace('_', '-')} {values[name]} conflicts with {source.path}, which has "
-                f"{name.replace('_', '-')} {getattr(saved, name)}; drop the flag to {flag_for}"
-            )
-
-
-EMBEDDED_NAME = "tinyshakespeare (embedded)"
-
-
-def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None, separator: str = "\n",
-                 cache_dir: Path | None = None, exclude: tuple[Path, ...] = ()) -> tuple[Corpus, LoadedCorpus | None]:
-    """The corpus, and for a TEXT on disk how it was read (files joined and skipped, the cache)."""
-    if text is None:
-        return Corpus.from_text(read_text(default_corpus_path()), EMBEDDED_NAME, vocab), None
-    loaded = load_corpus(text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir, exclude=exclude)
-    return loaded.corpus, loaded
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
 
 class Separator(click.ParamType):
@@ -181,7 +127,6 @@ class Separator(click.ParamType):
         for plain, escaped in (("\\", "\\\\"), ("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r"), ("\0", "\\0")):
             value = value.replace(plain, escaped)
         return value
-
 
 def _command_line(ctx: click.Context, leave_out: tuple[str, ...]) -> list[str]:
     """The options and arguments given to this command, as a command line (for --nproc's processes)."""
@@ -272,7 +217,7 @@ def _launch(ctx: click.Context, nproc: int, device) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.pass_context
-def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, encoding, sample_length, quiet, as_json, device, threads, compile_, **options):
+def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, nproc, quiet, as_json, **flags):
     """Train a character model on TEXT (default: the embedded Tiny Shakespeare corpus).
 
     Checkpoints go to OUT_DIR (with --resume: the checkpoint's folder): last.pt at every evaluation
@@ -290,148 +235,90 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     processes (exactly, bit for bit, on the same number).
     """
     console = stderr_console()
-    set_threads(threads)
-    if resume is not None and init_from is not None:
-        raise UserError("--resume and --init-from cannot be combined; --resume continues a run, --init-from starts a new one")
-    model_values = {k: options.pop(k) for k in ("cell", "num_layers", "hidden_size", "embedding_size", "dropout")}
-    separator, cache_dir, no_cache, nproc = (options.pop(k) for k in ("separator", "cache_dir", "no_cache", "nproc"))
-    train_values = {**options, "compile": compile_}
-    torch_device = resolve_device(device)
     if nproc is not None and distributed.launched():
         raise UserError("--nproc starts processes itself; drop it when running under torchrun")
     if nproc is not None and nproc > 1:
-        return _launch(ctx, nproc, torch_device)
-    session = distributed.init(torch_device)  # one process, or this process's place under torchrun
-    ctx.call_on_close(session.close)  # also tells the others if setup fails here
-    torch_device = session.device
+        return _launch(ctx, nproc, resolve_device(flags["device"]))
+    # Only the flags given count as given: on --resume the others keep the checkpoint's values.
+    options = {name: value for name, value in flags.items() if _given(ctx, name)}
+    if quiet:
+        options["sample_length"] = 0
+    progress = Progress(console, quiet)
+    run = Run(text, out_dir=out_dir if _given(ctx, "out_dir") else None, resume=resume, init_from=init_from,
+              force=force, callback=progress, **options)
+    trainer, session = run.trainer, run.session
     if not session.is_main:  # rank 0 speaks for the job
-        quiet, as_json, sample_length = True, False, 0
-
-    # 1. Where we start from: a fresh model, a checkpoint's weights, or a whole run to continue.
-    source = None
-    if resume is not None:
-        source = ckpt_io.load(resume)
-        if source.resume is None:
-            raise ConfigError(f"{resume} holds no training state to resume; use --init-from to start from its weights")
-        _check_architecture(ctx, source, "resume", model_values)
-        saved = TrainConfig.from_dict(source.train_config).to_dict()
-        train_values = {k: (v if _given(ctx, k) or (k == "compile" and _given(ctx, "compile_")) else saved.get(k, v)) for k, v in train_values.items()}
-        if text is None and source.corpus.get("path"):
-            text = source.corpus["path"]
-            if not _given(ctx, "separator") and source.corpus.get("separator") is not None:
-                separator = source.corpus["separator"]
-    elif init_from is not None:
-        source = ckpt_io.load(init_from)
-        _check_architecture(ctx, source, "fine-tune", model_values)
-    vocab = Vocab(source.vocab) if source is not None else None
-    # 2. Before any real work: the out dir must be writable, and another run's checkpoints are never
-    #    overwritten by accident. --resume continues in the checkpoint's folder unless told otherwise.
-    if resume is not None and not _given(ctx, "out_dir"):
-        out_dir = Path(resume).parent
-    run_dir = out_dir
-    check_writable(out_dir)
-    existing = [p for p in (out_dir / "last.pt", out_dir / "best.pt") if p.exists()]
-    continuing = resume is not None and Path(resume).resolve().parent == out_dir.resolve()
-    if existing and not force and not continuing:
-        raise UserError(
-            f"{out_dir} already holds checkpoints of another run ({existing[0].name}); continue it with "
-            f"--resume {existing[0]}, pick another --out-dir, or pass --force to overwrite them"
-        )
-
-    # 3. The text, read once into a memory-mapped cache (or from it).
-    cache_dir = None if no_cache else (cache_dir or run_dir / "cache")
-    # Local rank 0 encodes (or checks) the cache first; the other processes on its machine then find it.
-    corpus, loaded = distributed.local_main_first(
-        session, lambda: _load_corpus(text, encoding, vocab, separator, cache_dir, (run_dir, cache_dir or run_dir))
-    )
-    session.check_same(corpus.sha256, f"the text of {corpus.name}")
+        quiet, as_json = True, False
+        progress.quiet = True
+    corpus, loaded = run.corpus, run.loaded
     if loaded is not None and loaded.skipped and session.is_main:
         console.print(f"[yellow]{corpus.name}: {describe_skipped(loaded.skipped)}")
-    if resume is not None and corpus.sha256 != source.corpus.get("sha256"):
-        raise ConfigError(
-            f"the text differs from the one {resume} was trained on; pass the same TEXT to resume, "
-            "or use --init-from to fine-tune on new text"
-        )
-    if source is not None:
-        model_config = dataclasses.replace(
-            source.model_config, dropout=model_values["dropout"] if _given(ctx, "dropout") else source.model_config.dropout
-        )
-    else:
-        model_config = ModelConfig(vocab_size=len(corpus.vocab), **model_values)
-    config = TrainConfig(**train_values)
-
-    # 4. Train.
-    session.settle()  # every process got here: from now on they train together
-    trainer = Trainer(
-        model_config,
-        config,
-        corpus,
-        out_dir,
-        device=torch_device,
-        init_from=source if init_from is not None else None,
-        resume=source if resume is not None else None,
-        callback=None,
-        rank=session.rank,
-        world_size=session.world_size,
-        wrap_model=(lambda module: distributed.wrap(module, torch_device)) if session.active else None,
-    )
     params = trainer.model.num_parameters()
     if not quiet:
+        cfg = trainer.model_config
         console.print(
             f"[bold]charrnn train[/] {corpus.name}: {len(corpus):,} chars, vocab {len(corpus.vocab)}, "
-            f"{model_config.cell.upper()} {model_config.num_layers}x{model_config.hidden_size} "
-            f"({params:,} parameters) on {torch_device}; {len(trainer.batches)} steps/epoch"
-            + (f"; resuming at step {trainer.step}" if resume is not None else "")
-            + (f"; {session.world_size} processes, global batch {config.batch_size * session.world_size}" if session.active else "")
+            f"{cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} "
+            f"({params:,} parameters) on {trainer.device}; {len(trainer.batches)} steps/epoch"
+            + (f"; resuming at step {trainer.step}" if run.resumed else "")
+            + (f"; {session.world_size} processes, global batch {run.train_config.batch_size * session.world_size}"
+               if session.active else "")
         )
         if loaded is not None:
-            cached = {"hit": f"cached corpus reused from {loaded.cache_file}", "built": f"corpus encoded into {loaded.cache_file}", "off": "not cached"}
+            cached = {"hit": f"cached corpus reused from {loaded.cache_file}",
+                      "built": f"corpus encoded into {loaded.cache_file}", "off": "not cached"}
             console.print(f"[dim]{loaded.files:,} file(s), {cached[loaded.cache]}")
-    progress = Progress(console, quiet)
-    trainer.callback = progress if session.is_main else Callback()
     try:
-        with StopOnSignal(console if session.is_main else None, coalesce_s=2.0 if session.active else 0.0) as stop:
-            trainer.should_stop = stop
-            result = trainer.run()
+        result = run.execute(signals=(signal.SIGINT, signal.SIGTERM))
     finally:
         progress.close()
 
-    # 5. Report.
     interrupted = result.stopped_by.startswith("interrupt")
+    signal_name = result.stopped_by.split(":", 1)[1] if interrupted else None
+    summary = _summary(result, params)
+    if not quiet:
+        _print_summary(console, summary)
+    if interrupted and session.is_main:
+        console.print(f"Stopped by {signal_name}; continue with: charrnn train --resume {result.last_path}")
+    elif result.sample is not None and not quiet:
+        console.print(Panel(result.sample, title=f"sample from {result.best_path} (temperature {SAMPLE_TEMPERATURE})",
+                            expand=False))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    if interrupted:
+        ctx.exit(SIGNAL_EXIT.get(signal_name, 130))
+
+
+def _summary(result, params: int) -> dict:
+    """``--json``'s summary (docs/json.md), with the 1.0 names of three keys kept for a release."""
+    bits = lambda nats: nats / LN2 if nats is not None else None  # noqa: E731
     summary = {
         "steps": result.steps,
         "epochs": round(result.epochs, 3),
         "elapsed_s": round(result.elapsed, 1),
         "eval_s": round(result.eval_seconds, 1),
-        "best_val_loss": result.best_val_loss,
-        "best_val_bpc": result.best_val_loss / LN2 if result.best_val_loss is not None else None,
-        "last_val_loss": result.last_val_loss,
+        "best_val_nats": result.best_val_loss,
+        "best_val_bits": bits(result.best_val_loss),
+        "last_val_nats": result.last_val_loss,
+        "last_val_bits": bits(result.last_val_loss),
         "stopped_by": result.stopped_by,
         "last": str(result.last_path),
         "best": str(result.best_path) if result.best_path else None,
         "parameters": params,
+        "sample": result.sample,
     }
-    if not quiet:
-        _print_summary(console, summary)
-    if interrupted and session.is_main:
-        console.print(f"Stopped by {result.stopped_by[10:]}; continue with: charrnn train --resume {result.last_path}")
-    elif sample_length and result.best_path is not None and not quiet:
-        best = ckpt_io.load(result.best_path)
-        model = best.build_model(torch_device)
-        text_out = "".join(chs[0] for chs in generate(model, Vocab(best.vocab), length=sample_length, temperature=0.8, seed=config.seed))
-        console.print(Panel(text_out, title=f"sample from {result.best_path} (temperature 0.8)", expand=False))
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    if interrupted:
-        ctx.exit(SIGNAL_EXIT.get(result.stopped_by[10:], 130))
+    # Deprecated spellings (charrnn 1.0), to be removed in 1.2.
+    summary.update(best_val_loss=summary["best_val_nats"], best_val_bpc=summary["best_val_bits"],
+                   last_val_loss=summary["last_val_nats"])
+    return summary
 
 
 def _print_summary(console, s: dict) -> None:
     table = Table(title="training finished", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    if s["best_val_loss"] is not None:
-        table.add_row("best val loss", f"{s['best_val_loss']:.4f} nats/char = {s['best_val_bpc']:.4f} bits/char")
+    if s["best_val_nats"] is not None:
+        table.add_row("best val loss", f"{s['best_val_nats']:.4f} nats/char = {s['best_val_bits']:.4f} bits/char")
     table.add_row("steps / epochs", f"{s['steps']} / {s['epochs']:.2f}")
     table.add_row("time", f"{format_duration(s['elapsed_s'])} (evaluation {format_duration(s['eval_s'])})")
     table.add_row("stopped by", s["stopped_by"])

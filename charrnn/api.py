@@ -1,0 +1,228 @@
+"""The Python API: load a checkpoint as a ``Model`` that samples, streams and scores text; evaluate one.
+
+    model = charrnn.load("out/best.pt")
+    model.sample(500, prime="ROMEO:", temperature=0.8, seed=1)     # the prime, then 500 characters
+    model.score("To be, or not to be").bits                        # bits per character
+
+Everything here is what ``charrnn sample`` and ``charrnn eval`` do, with the same names and the same
+results for the same options and seed; training is ``charrnn.train`` (``charrnn.run``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.data import Vocab, split
+from charrnn.devices import resolve_device
+from charrnn.errors import ConfigError, DataError, option
+from charrnn.loss import LN2, Loss, evaluate as mean_loss
+from charrnn.model import CharRNN, ModelConfig, detach_state
+from charrnn.sample import generate as generate_steps
+from charrnn.threads import sampling_threads, torch_threads
+
+SCORE_CHUNK = 4096  # characters per forward pass when scoring: bounded memory for any text
+
+
+@dataclass(frozen=True)
+class Score:
+    """How well a model predicts a text: every character after the first, given all before it.
+
+    ``surprisal_bits[t]`` is -log2 p(text[t] | text[:t]) for t >= 1; position 0 has no prediction (NaN).
+    """
+
+    nats: float  # mean over the predicted characters, nats per character
+    n_chars: int  # characters predicted: len(text) - 1
+    surprisal_bits: np.ndarray  # (len(text),) float64
+
+    @property
+    def bits(self) -> float:
+        """Bits per character."""
+        return self.nats / LN2
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats) if self.nats < 700 else math.inf
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """``evaluate``'s answer: the loss, and what it was measured on."""
+
+    loss: Loss
+    text: str  # "validation split of NAME" or the text given
+
+    @property
+    def nats(self) -> float:
+        return self.loss.nats
+
+    @property
+    def bits(self) -> float:
+        return self.loss.bits
+
+    @property
+    def n_chars(self) -> int:
+        return self.loss.chars
+
+    @property
+    def perplexity(self) -> float:
+        return self.loss.perplexity
+
+
+class Model:
+    """A checkpoint with its network built on a device: ``sample``, ``generate`` and ``score``."""
+
+    def __init__(self, checkpoint: ckpt_io.Checkpoint, device: str | torch.device = "auto"):
+        self.checkpoint = checkpoint
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.module: CharRNN = checkpoint.build_model(self.device)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.checkpoint.model_config
+
+    @property
+    def vocab(self) -> Vocab:
+        vocab = self.checkpoint.vocab
+        return vocab if isinstance(vocab, Vocab) else Vocab(vocab)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"<charrnn.Model {c.cell.upper()} {c.num_layers}x{c.hidden_size}, vocab {c.vocab_size}, on {self.device}>"
+
+    def generate(
+        self,
+        length: int = 1000,
+        *,
+        prime: str = "",
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        argmax: bool = False,
+        seed: int | None = None,
+        num_samples: int = 1,
+    ) -> Iterator[str]:
+        """The text piece by piece, as it is written: the prime first (if any), then one character per
+        piece; with ``num_samples > 1``, one whole sample (prime included) per piece, after all are done.
+
+        ``length`` characters follow the prime. Options are checked before the first piece. For one
+        stream on a CPU, torch runs on one thread while the iterator is open and the step's products
+        run on numpy's BLAS threads (``charrnn.threads.sampling_threads``), as ``charrnn sample`` does.
+        """
+        steps = generate_steps(self.module, self.vocab, length=length, prime=prime, temperature=temperature,
+                               top_k=top_k, argmax=argmax, num_samples=num_samples, seed=seed)
+        return self._pieces(steps, prime, num_samples)
+
+    def _pieces(self, steps, prime: str, num_samples: int) -> Iterator[str]:
+        with torch_threads(sampling_threads(num_samples, self.device)):
+            if num_samples == 1:
+                if prime:
+                    yield prime
+                for chars in steps:
+                    yield chars[0]
+                return
+            columns: list[list[str]] = [[] for _ in range(num_samples)]
+            for chars in steps:
+                for column, ch in zip(columns, chars):
+                    column.append(ch)
+        for column in columns:
+            yield prime + "".join(column)
+
+    def sample(
+        self,
+        length: int = 1000,
+        *,
+        prime: str = "",
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        argmax: bool = False,
+        seed: int | None = None,
+        num_samples: int = 1,
+    ) -> str | list[str]:
+        """The prime followed by ``length`` generated characters: ``"".join(generate(...))`` with the same
+        arguments, and the text ``charrnn sample`` prints for them. ``num_samples > 1``: a list of samples."""
+        pieces = self.generate(length, prime=prime, temperature=temperature, top_k=top_k, argmax=argmax,
+                               seed=seed, num_samples=num_samples)
+        return "".join(pieces) if num_samples == 1 else list(pieces)
+
+    @torch.no_grad()
+    def score(self, text: str) -> Score:
+        """Nats and bits per character of ``text`` under the model, and each character's surprisal.
+
+        The model reads ``text`` from a zero state as one stream, in chunks with the state carried, so
+        memory is bounded for any length. DataError for fewer than 2 characters or unknown ones.
+        """
+        if len(text) < 2:
+            raise DataError(f"{option('text')} has {len(text)} character(s); scoring needs at least 2")
+        _check_chars(self.vocab, text)
+        ids = torch.from_numpy(self.vocab.encode(text).astype(np.int64)).to(self.device)
+        surprisal = np.full(len(text), np.nan)
+        was_training = self.module.training
+        self.module.eval()
+        state = None
+        try:
+            for start in range(0, len(text) - 1, SCORE_CHUNK):
+                x = ids[start : start + SCORE_CHUNK][None]  # (1, T)
+                y = ids[start + 1 : start + 1 + SCORE_CHUNK]
+                logits, state = self.module(x[:, : len(y)], state)
+                nats = F.cross_entropy(logits[0].float(), y, reduction="none")  # (T,)
+                surprisal[start + 1 : start + 1 + len(y)] = nats.double().cpu().numpy() / LN2
+                state = detach_state(state)
+        finally:
+            self.module.train(was_training)
+        predicted = surprisal[1:]
+        return Score(nats=float(predicted.mean() * LN2), n_chars=len(predicted), surprisal_bits=surprisal)
+
+
+def _check_chars(vocab: Vocab, text: str) -> None:
+    check = getattr(vocab, "check", None)
+    if check is not None:
+        check(text, option("text"))
+    else:
+        vocab.encode(text)  # raises DataError naming the unknown characters
+
+
+def load(path: str | Path, device: str | torch.device = "auto") -> Model:
+    """Open and validate a checkpoint (CheckpointError if it is not one) and build its network on ``device``."""
+    return Model(ckpt_io.load(path), device)
+
+
+def evaluate(
+    checkpoint: str | Path | Model,
+    text: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    seq_len: int = 256,
+    encoding: str = "utf-8",
+    device: str | torch.device = "auto",
+) -> EvalResult:
+    """The loss of ``checkpoint`` on ``text`` (a file, folder or glob), or with no text on its own
+    validation split, found again as ``charrnn train --resume`` finds it (ConfigError if it changed).
+
+    The text is read as ``batch_size`` streams in chunks of ``seq_len`` with the state carried; every
+    character is scored but the last partial chunk of each stream.
+    """
+    from charrnn.run import checkpoint_corpus, read_corpus  # run imports this module for its closing sample
+
+    model = checkpoint if isinstance(checkpoint, Model) else load(checkpoint, device)
+    ckpt = model.checkpoint
+    if text is None:
+        cache = Path(ckpt.path).parent / "cache" if ckpt.path is not None else None
+        corpus, _ = checkpoint_corpus(ckpt, encoding=encoding,
+                                      cache_dir=cache if cache is not None and cache.is_dir() else None)
+        _, ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
+        what = f"validation split of {corpus.name}"
+    else:
+        corpus, _ = read_corpus(text, encoding=encoding, vocab=model.vocab)
+        ids, what = corpus.ids, str(text)
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{option(name)} must be a whole number of at least 1, got {value!r}")
+    loss = mean_loss(model.module, ids, batch_size=batch_size, seq_len=seq_len, device=model.device)
+    return EvalResult(loss=loss, text=what)

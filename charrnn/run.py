@@ -1,0 +1,370 @@
+"""What a training run is: where it starts from, where it writes, which text it reads, how it stops.
+
+``Run`` applies the rules every caller gets, the CLI and Python alike:
+
+1. a run starts fresh, from a checkpoint's weights (``init_from``, fine-tuning) or continues one
+   (``resume``), never both; on resume the saved options are kept unless given again, and a given
+   architecture option that contradicts the checkpoint is an error;
+2. ``out_dir`` must be writable, and another run's checkpoints there are never overwritten without
+   ``force``; a resumed run continues in its checkpoint's folder unless told otherwise;
+3. the text is read through the corpus cache (``out_dir/cache`` unless ``cache_dir`` or ``no_cache``);
+   with no text, a resumed run finds its own again (``checkpoint_corpus``) and a new one takes the
+   embedded Tiny Shakespeare; on resume the text must be the one the checkpoint was trained on;
+4. the first SIGINT (and, where asked, SIGTERM) stops the run after the current step and saves
+   ``last.pt``; a second one stops at once (saves are atomic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from charrnn import checkpoint as ckpt_io
+from charrnn import distributed
+from charrnn.corpus_files import LoadedCorpus, load_corpus
+from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
+from charrnn.devices import resolve_device
+from charrnn.errors import ConfigError, option
+from charrnn.fsio import check_writable
+from charrnn.model import ModelConfig
+from charrnn.threads import set_threads
+from charrnn.trainer import Callback, TrainConfig, Trainer, TrainResult
+
+EMBEDDED_NAME = "tinyshakespeare (embedded)"
+MODEL_OPTIONS = ("cell", "num_layers", "hidden_size", "embedding_size", "dropout")
+ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size")  # fixed once a model exists
+TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
+# How the text is read and where the run executes; not part of the saved training options.
+RUN_OPTIONS = ("encoding", "separator", "cache_dir", "no_cache", "device", "threads", "sample_length")
+OPTIONS = MODEL_OPTIONS + TRAIN_OPTIONS + RUN_OPTIONS
+RUN_DEFAULTS: dict[str, Any] = {
+    "encoding": "utf-8",
+    "separator": "\n",
+    "cache_dir": None,
+    "no_cache": False,
+    "device": "auto",
+    "threads": None,
+    "sample_length": 300,
+}
+SAMPLE_TEMPERATURE = 0.8  # of the closing sample
+
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float | int, name: str = "max_time") -> float:
+    """'90', '90s', '10m', '1.5h', '2d', '1h30m' or a number of seconds -> seconds; ConfigError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)", value)
+        if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", value):
+            raise ConfigError(f"{option(name)} {value!r} is not a duration; use e.g. 90s, 10m, 1.5h or 1h30m")
+        seconds = 0.0
+        for number, unit in parts:
+            unit_key = unit.lower() or None
+            if unit_key not in _UNIT_SECONDS:
+                raise ConfigError(f"{option(name)} {value!r}: unknown unit {unit!r}; use s, m, h or d")
+            seconds += float(number) * _UNIT_SECONDS[unit_key]
+    else:
+        raise ConfigError(f"{option(name)} must be a duration such as '10m' or a number of seconds, got {value!r}")
+    if not seconds > 0:
+        raise ConfigError(f"{option(name)} {value!r} must be longer than zero")
+    return seconds
+
+
+def check_option_names(options: dict) -> None:
+    """ConfigError for a keyword ``train`` does not know, naming the nearest one it does."""
+    for name in options:
+        if name not in OPTIONS:
+            near = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid options: {', '.join(OPTIONS)}"
+            raise ConfigError(f"unknown training option {name!r}{hint}")
+
+
+def checkpoint_corpus(
+    ckpt: ckpt_io.Checkpoint,
+    *,
+    text: str | Path | None = None,
+    encoding: str = "utf-8",
+    separator: str | None = None,
+    cache_dir: Path | None = None,
+    exclude: tuple[Path, ...] = (),
+) -> tuple[Corpus, LoadedCorpus | None]:
+    """The text ``ckpt`` was trained on, read again and checked against its SHA-256.
+
+    ``text`` None: the path the checkpoint recorded (a file, folder or glob), or the embedded corpus
+    for a run that had none. ConfigError if what is read now is not the same text.
+    """
+    recorded = ckpt.corpus.get("path")
+    source = text if text is not None else recorded
+    if separator is None:
+        separator = ckpt.corpus.get("separator") or "\n"
+    corpus, loaded = read_corpus(source, encoding=encoding, separator=separator, vocab=ckpt_vocab(ckpt),
+                                 cache_dir=cache_dir, exclude=exclude)
+    if corpus.sha256 != ckpt.corpus.get("sha256"):
+        if text is None:
+            raise ConfigError(
+                f"{recorded or 'the embedded corpus'} changed since {ckpt.path} was trained on it; "
+                "pass the text to use"
+            )
+        raise ConfigError(
+            f"the text differs from the one {ckpt.path} was trained on; pass the same text to resume, "
+            f"or use {option('init_from')} to fine-tune on new text"
+        )
+    return corpus, loaded
+
+
+def read_corpus(text, *, encoding="utf-8", separator="\n", vocab=None, cache_dir=None, exclude=()):
+    """``text`` (a file, folder, glob, or None for the embedded corpus) encoded, and how it was read."""
+    if text is None:
+        return Corpus.from_text(read_text(default_corpus_path()), EMBEDDED_NAME, vocab), None
+    loaded = load_corpus(text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir,
+                         exclude=exclude)
+    return loaded.corpus, loaded
+
+
+def ckpt_vocab(ckpt: ckpt_io.Checkpoint) -> Vocab:
+    return ckpt.vocab if isinstance(ckpt.vocab, Vocab) else Vocab(ckpt.vocab)
+
+
+class StopOnSignal:
+    """While entered: the first of ``signals`` asks the trainer to stop after this step (calling
+    ``on_signal(name)``); a second raises KeyboardInterrupt at once. The previous handlers come back
+    on exit. Outside the main thread (where Python allows no handlers) it does nothing."""
+
+    def __init__(self, signals=(signal.SIGINT,), on_signal: Callable[[str], None] = lambda name: None,
+                 coalesce_s: float = 0.0):
+        self.signals, self.on_signal = tuple(signals), on_signal
+        self.received: str | None = None
+        self._previous: dict = {}
+        # Under torchrun a Ctrl-C reaches every process twice, from the terminal and forwarded by the
+        # launcher: a repeat this soon is the same signal, not a second one.
+        self.coalesce_s, self._at = coalesce_s, 0.0
+
+    def __call__(self) -> str | None:
+        return self.received
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            if time.monotonic() - self._at < self.coalesce_s:
+                return
+            raise KeyboardInterrupt  # the second signal: leave now; saves are atomic
+        self.received, self._at = name, time.monotonic()
+        self.on_signal(name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+@dataclass
+class _Plan:
+    """A run's settings after the rules: what ``Run`` builds the trainer from."""
+
+    model_values: dict
+    train_values: dict
+    run_values: dict
+    given: set
+
+
+class Run:
+    """One training run, prepared: rules applied, text read, trainer built. ``execute()`` trains.
+
+    ``options`` are ``charrnn train``'s flags with underscores (``hidden_size=256``, ``max_time="10m"``);
+    only those given count as given: on resume the others keep the checkpoint's values.
+    """
+
+    def __init__(
+        self,
+        text: str | Path | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+        init_from: str | Path | None = None,
+        force: bool = False,
+        callback: Callback | None = None,
+        should_stop: Callable[[], Any] | None = None,
+        **options: Any,
+    ):
+        check_option_names(options)
+        if resume is not None and init_from is not None:
+            raise ConfigError(
+                f"{option('resume')} and {option('init_from')} cannot be combined; {option('resume')} continues "
+                f"a run, {option('init_from')} starts a new one"
+            )
+        if "max_time" in options and options["max_time"] is not None:
+            options["max_time"] = parse_duration(options["max_time"])
+        plan = _Plan(
+            model_values={k: options[k] for k in MODEL_OPTIONS if k in options},
+            train_values={k: options[k] for k in TRAIN_OPTIONS if k in options},
+            run_values={**RUN_DEFAULTS, **{k: options[k] for k in RUN_OPTIONS if k in options}},
+            given=set(options),
+        )
+        self.callback = callback or Callback()
+        self.user_should_stop = should_stop
+        set_threads(plan.run_values["threads"])
+        self.session = distributed.init(resolve_device(plan.run_values["device"]))
+        try:
+            self._prepare(text, out_dir, resume, init_from, force, plan)
+            self.session.settle()  # every process got here: from now on they train together
+        except BaseException:
+            self.session.close()  # tells the other processes, which would otherwise wait for this one
+            raise
+
+    def _prepare(self, text, out_dir, resume, init_from, force, plan: _Plan) -> None:
+        session, run_values = self.session, plan.run_values
+        # 1. Where we start from: a fresh model, a checkpoint's weights, or a whole run to continue.
+        source = None
+        if resume is not None:
+            source = ckpt_io.load(resume)
+            if source.resume is None:
+                raise ConfigError(
+                    f"{resume} holds no training state to resume; use {option('init_from')} to start from its weights"
+                )
+            self._check_architecture(source, plan, "resume")
+            saved = TrainConfig.from_dict(source.train_config).to_dict()
+            plan.train_values = {**{k: v for k, v in saved.items() if k in TRAIN_OPTIONS}, **plan.train_values}
+        elif init_from is not None:
+            source = ckpt_io.load(init_from)
+            self._check_architecture(source, plan, "fine-tune")
+        # 2. Before any real work: the out dir must be writable, and another run's checkpoints are never
+        #    overwritten by accident. A resumed run continues in the checkpoint's folder unless told otherwise.
+        if out_dir is None:
+            out_dir = Path(resume).parent if resume is not None else Path("out")
+        out_dir = Path(out_dir)
+        check_writable(out_dir)
+        existing = [p for p in (out_dir / "last.pt", out_dir / "best.pt") if p.exists()]
+        continuing = resume is not None and Path(resume).resolve().parent == out_dir.resolve()
+        if existing and not force and not continuing:
+            raise ConfigError(
+                f"{out_dir} already holds checkpoints of another run ({existing[0].name}); continue it with "
+                f"{option('resume', str(existing[0]))}, pick another {option('out_dir')}, or pass "
+                f"{option('force', True)} to overwrite them"
+            )
+        # 3. The text, read once into a memory-mapped cache (or from it); on resume, the same text again.
+        cache_dir = None if run_values["no_cache"] else Path(run_values["cache_dir"] or out_dir / "cache")
+        exclude = (out_dir, cache_dir or out_dir)
+        separator = run_values["separator"] if "separator" in plan.given or resume is None else None
+
+        def read():
+            if resume is not None:
+                return checkpoint_corpus(source, text=text, encoding=run_values["encoding"], separator=separator,
+                                         cache_dir=cache_dir, exclude=exclude)
+            vocab = ckpt_vocab(source) if source is not None else None
+            return read_corpus(text, encoding=run_values["encoding"], separator=run_values["separator"],
+                               vocab=vocab, cache_dir=cache_dir, exclude=exclude)
+
+        # Local rank 0 encodes (or checks) the cache first; the other processes on its machine then find it.
+        corpus, self.loaded = distributed.local_main_first(session, read)
+        session.check_same(corpus.sha256, f"the text of {corpus.name}")
+        # 4. The model and the trainer.
+        if source is not None:
+            dropout = plan.model_values.get("dropout", source.model_config.dropout)
+            model_config = dataclasses.replace(source.model_config, dropout=dropout)
+        else:
+            model_config = ModelConfig(vocab_size=len(corpus.vocab), **plan.model_values)
+        self.train_config = TrainConfig(**plan.train_values)
+        self.sample_length = int(run_values["sample_length"])
+        self.resumed = resume is not None
+        self._stop = StopOnSignal(on_signal=self.callback_on_signal,
+                                  coalesce_s=2.0 if session.active else 0.0)
+        self.trainer = Trainer(
+            model_config,
+            self.train_config,
+            corpus,
+            out_dir,
+            device=session.device,
+            init_from=source if init_from is not None else None,
+            resume=source if resume is not None else None,
+            callback=self.callback if session.is_main else Callback(),
+            should_stop=self._should_stop,
+            rank=session.rank,
+            world_size=session.world_size,
+            wrap_model=(lambda module: distributed.wrap(module, session.device)) if session.active else None,
+        )
+
+    def callback_on_signal(self, name: str) -> None:
+        if self.session.is_main:
+            getattr(self.callback, "on_signal", lambda name: None)(name)
+
+    def _check_architecture(self, source: ckpt_io.Checkpoint, plan: _Plan, purpose: str) -> None:
+        """An architecture option given must agree with the checkpoint we continue from."""
+        saved = source.model_config
+        for name in ARCHITECTURE:
+            if name in plan.model_values and plan.model_values[name] != getattr(saved, name):
+                raise ConfigError(
+                    f"{option(name, plan.model_values[name])} conflicts with {source.path}, which was trained with "
+                    f"{option(name, getattr(saved, name))}; drop it to {purpose}"
+                )
+
+    def _should_stop(self) -> str | None:
+        if self._stop.received is not None:
+            return self._stop.received
+        if self.user_should_stop is not None and self.user_should_stop():
+            return "should_stop"
+        return None
+
+    @property
+    def corpus(self) -> Corpus:
+        return self.trainer.corpus
+
+    def execute(self, signals=(signal.SIGINT,)) -> TrainResult:
+        """Train until the budget is spent or a stop is asked for; then, unless interrupted, sample
+        ``sample_length`` characters from the best checkpoint into ``TrainResult.sample``."""
+        self._stop.signals = tuple(signals)
+        try:
+            with self._stop:
+                result = self.trainer.run()
+        finally:
+            self.session.close()
+        if self.sample_length and self.session.is_main and result.best_path is not None and not result.stopped_by.startswith("interrupt"):
+            from charrnn.api import load  # the API builds on this module, not the other way round
+
+            model = load(result.best_path, device=self.trainer.device)
+            text = model.sample(self.sample_length, temperature=SAMPLE_TEMPERATURE, seed=self.train_config.seed)
+            result = dataclasses.replace(result, sample=text)
+        return result
+
+
+def train(
+    text: str | Path | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+    force: bool = False,
+    callback: Callback | None = None,
+    should_stop: Callable[[], Any] | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train a character model on ``text`` (a file, folder or glob; None: the embedded Tiny Shakespeare,
+    or on resume the checkpoint's own text) with the rules of ``charrnn train``.
+
+    ``out_dir`` defaults to "out", or with ``resume`` to the checkpoint's folder. ``options`` are the
+    flags of ``charrnn train`` with underscores: ``hidden_size=256``, ``max_time="10m"`` (or seconds),
+    ``max_steps=2000``, ``device="cpu"``, ... An unknown one is a ConfigError naming the nearest.
+    In the main thread a Ctrl-C (SIGINT) stops after the current step, saves ``last.pt`` and then
+    raises KeyboardInterrupt; elsewhere pass ``should_stop``, a callable that returns True to stop
+    (the run then saves ``last.pt`` and returns with ``stopped_by == "interrupt:should_stop"``).
+    """
+    run = Run(text, out_dir=out_dir, resume=resume, init_from=init_from, force=force, callback=callback,
+              should_stop=should_stop, **options)
+    result = run.execute(signals=(signal.SIGINT,))
+    if result.stopped_by == "interrupt:SIGINT":
+        raise KeyboardInterrupt(f"training stopped by SIGINT; {result.last_path} saved, resume from it")
+    return result
