@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
 import signal
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,58 +32,20 @@ from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError, option
 from charrnn.fsio import check_writable
 from charrnn.model import ModelConfig
+from charrnn.options import (
+    ARCHITECTURE,
+    MODEL_OPTIONS,
+    RUN_DEFAULTS,
+    RUN_OPTIONS,
+    TRAIN_OPTIONS,
+    check_option_names,
+    parse_duration,
+)
 from charrnn.threads import set_threads
 from charrnn.trainer import Callback, TrainConfig, Trainer, TrainResult
 
 EMBEDDED_NAME = "tinyshakespeare (embedded)"
-MODEL_OPTIONS = ("cell", "num_layers", "hidden_size", "embedding_size", "dropout")
-ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_size")  # fixed once a model exists
-TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
-# How the text is read and where the run executes; not part of the saved training options.
-RUN_OPTIONS = ("encoding", "separator", "cache_dir", "no_cache", "device", "threads", "sample_length")
-OPTIONS = MODEL_OPTIONS + TRAIN_OPTIONS + RUN_OPTIONS
-RUN_DEFAULTS: dict[str, Any] = {
-    "encoding": "utf-8",
-    "separator": "\n",
-    "cache_dir": None,
-    "no_cache": False,
-    "device": "auto",
-    "threads": None,
-    "sample_length": 300,
-}
 SAMPLE_TEMPERATURE = 0.8  # of the closing sample
-
-_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
-
-
-def parse_duration(value: str | float | int, name: str = "max_time") -> float:
-    """'90', '90s', '10m', '1.5h', '2d', '1h30m' or a number of seconds -> seconds; ConfigError otherwise."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)", value)
-        if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", value):
-            raise ConfigError(f"{option(name)} {value!r} is not a duration; use e.g. 90s, 10m, 1.5h or 1h30m")
-        seconds = 0.0
-        for number, unit in parts:
-            unit_key = unit.lower() or None
-            if unit_key not in _UNIT_SECONDS:
-                raise ConfigError(f"{option(name)} {value!r}: unknown unit {unit!r}; use s, m, h or d")
-            seconds += float(number) * _UNIT_SECONDS[unit_key]
-    else:
-        raise ConfigError(f"{option(name)} must be a duration such as '10m' or a number of seconds, got {value!r}")
-    if not seconds > 0:
-        raise ConfigError(f"{option(name)} {value!r} must be longer than zero")
-    return seconds
-
-
-def check_option_names(options: dict) -> None:
-    """ConfigError for a keyword ``train`` does not know, naming the nearest one it does."""
-    for name in options:
-        if name not in OPTIONS:
-            near = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid options: {', '.join(OPTIONS)}"
-            raise ConfigError(f"unknown training option {name!r}{hint}")
 
 
 def checkpoint_corpus(

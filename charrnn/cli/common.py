@@ -59,7 +59,7 @@ class Duration(click.ParamType):
     name = "DURATION"
 
     def convert(self, value, param, ctx):
-        from charrnn.run import parse_duration
+        from charrnn.options import parse_duration
 
         try:
             return parse_duration(value if isinstance(value, (int, float)) else str(value))

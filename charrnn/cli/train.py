@@ -27,7 +27,8 @@ from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError
 from charrnn.loss import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
 from charrnn.model import CELLS, ModelConfig
-from charrnn.run import RUN_DEFAULTS, SAMPLE_TEMPERATURE, Run
+from charrnn.options import RUN_DEFAULTS
+from charrnn.run import SAMPLE_TEMPERATURE, Run
 from charrnn.trainer import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer
 
 MODEL_DEFAULTS = ModelConfig(vocab_size=1)
