@@ -214,7 +214,7 @@ def _launch(ctx: click.Context, nproc: int, device) -> None:
 @click.option("--no-cache", is_flag=True, help="Encode TEXT in memory at every start instead of caching it.")
 @click.option("--eval-chars", type=click.IntRange(min=2), default=None, help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,} on a GPU, {DEFAULT_EVAL_CHARS_CPU:,} elsewhere].")
 @click.option("--nproc", type=click.IntRange(min=1), default=None, help="Train data-parallel in this many processes on this machine (one per GPU; gloo on CPU), started through torch.distributed.run. The global batch is --batch-size x NPROC. For several machines use torchrun.")
-@click.option("--sample-length", type=click.IntRange(min=0), default=300, show_default=True, help="Characters to sample from the best model at the end (0: none).")
+@click.option("--sample-length", type=click.IntRange(min=0), default=RUN_DEFAULTS["sample_length"], show_default=True, help="Characters to sample from the best model at the end (0: none).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.pass_context
