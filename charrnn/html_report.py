@@ -3,9 +3,9 @@ scripts or fonts; inline CSS and JS only. Returns a string; the caller writes it
 
 Layout of the page::
 
-    header      title, meta lines, a <select> of views (cells, surprisal) and a colour legend
+    header      title, meta lines, a <select> of views (units, surprisal) and a colour legend
     #text       one <span> per character, nothing else in it: the colours are set by the script
-    #find       (with --find) the ranked cells; clicking a row shows that cell
+    #find       (with --find) the ranked units; clicking a row shows that unit
     #gates      (with --gates) an SVG scatter per layer: left vs right saturation, one dot per unit
     #data       <script type="application/json">: views and predictions as base64 byte arrays
 
@@ -16,8 +16,8 @@ a megabyte. Hovering a character shows the tooltip; opening the page with ``#sel
 ``#selftest=T``) hovers character T itself and copies the tooltip into ``#selftest``, which is how
 the browser test checks the page without a mouse.
 
-The colour maps live here, for the terminal view too: diverging (-1 blue .. 0 white .. +1 red) for
-activations and sequential (0 white .. 1 red) for surprisal.
+The colour scales come from ``charrnn.colours``, which the terminal view shares; the page's script
+interpolates the same anchors.
 """
 
 from __future__ import annotations
@@ -29,33 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charrnn.colours import MAPS, SURPRISAL_MAX_BITS, colour, surprisal_positions, text_colour
 from charrnn.data import escape_char
-from charrnn.visualize import CellScore, GateSaturation, Predictions
+from charrnn.visualize import GateSaturation, Predictions, UnitScore
 
-DIVERGING = ((-1.0, (33, 102, 172)), (-0.5, (103, 169, 207)), (0.0, (247, 247, 247)), (0.5, (239, 138, 98)), (1.0, (178, 24, 43)))
-SEQUENTIAL = ((0.0, (247, 247, 247)), (0.5, (244, 165, 130)), (1.0, (178, 24, 43)))
-MAPS = {"diverging": DIVERGING, "sequential": SEQUENTIAL}
 GATE_COLOURS = {"input": "#2ca02c", "forget": "#1f77b4", "output": "#d62728", "reset": "#9467bd", "update": "#ff7f0e"}
-SURPRISAL_MAX_BITS = 8.0  # the top of the surprisal colour scale
 _NONE = -128  # int8 colour position meaning "no value here"
 _NO_PREDICTION = 255  # uint8 surprisal code meaning "no prediction" (position 0)
-
-
-def colour(kind: str, s: float) -> tuple[int, int, int]:
-    """Position ``s`` on the scale (diverging: -1..1, sequential: 0..1; clipped) -> (r, g, b)."""
-    anchors = MAPS[kind]
-    s = min(max(float(s), anchors[0][0]), anchors[-1][0])
-    for (x0, c0), (x1, c1) in zip(anchors, anchors[1:]):
-        if s <= x1:
-            w = (s - x0) / (x1 - x0)
-            return tuple(int(round(a + (b - a) * w)) for a, b in zip(c0, c1))
-    return anchors[-1][1]
-
-
-def text_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black on light backgrounds, white on dark ones."""
-    r, g, b = rgb
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
 @dataclass
@@ -64,25 +44,20 @@ class View:
     ``lo`` and ``hi`` are what the ends of the scale stand for, shown in the legend and tooltip."""
 
     name: str  # short, for the tooltip: "L2 #117 tanh(c)"
-    label: str  # for the selector: "layer 2, cell 117, tanh(c), r = +0.93"
+    label: str  # for the selector: "layer 2, unit 117, tanh(c), r = +0.93"
     values: np.ndarray
     kind: str = "diverging"
     lo: float = -1.0
     hi: float = 1.0
 
 
-def scale_values(values: np.ndarray, lo: float, hi: float, kind: str = "diverging") -> np.ndarray:
-    """Map raw values in [lo, hi] to positions on the ``kind`` scale."""
-    s = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo)
-    return s * 2.0 - 1.0 if kind == "diverging" else s
-
-
 def surprisal_view(predictions: Predictions) -> View:
+    """The view that colours each character by its surprisal, 0 (white) to SURPRISAL_MAX_BITS or more (red)."""
     bits = predictions.bits
     return View(
         name="surprisal",
         label=f"surprisal: how unexpected each character was (0 .. {SURPRISAL_MAX_BITS:g}+ bits)",
-        values=bits / SURPRISAL_MAX_BITS,
+        values=surprisal_positions(bits),
         kind="sequential",
         lo=0.0,
         hi=SURPRISAL_MAX_BITS,
@@ -146,19 +121,19 @@ def _data(views: list[View], vocab: str, predictions: Predictions | None) -> str
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
 
 
-def _find_table(feature: str, rows: list[tuple[CellScore, int]]) -> str:
+def _find_table(feature: str, rows: list[tuple[UnitScore, int]]) -> str:
     out = [
-        f"<section id=find><h2>Cells that track <code>{html.escape(feature)}</code></h2>",
-        "<table><tr><th>#<th>layer<th>cell<th>r</tr>",
+        f"<section id=find><h2>Units that track <code>{html.escape(feature)}</code></h2>",
+        "<table><tr><th>#<th>layer<th>unit<th>r</tr>",
     ]
     for rank, (score, view) in enumerate(rows, 1):
         rgb = colour("diverging", score.r)
         out.append(
-            f'<tr data-view={view}><td>{rank}<td>{score.layer + 1}<td>{score.cell}'
+            f'<tr data-view={view}><td>{rank}<td>{score.layer + 1}<td>{score.unit}'
             f'<td style="background:rgb{rgb};color:rgb{text_colour(rgb)}">{score.r:+.3f}</tr>'
         )
-    out.append("</table><p class=note>Pearson r of the cell's activation with the feature, over this text. "
-               "Click a row to show that cell.</p></section>")
+    out.append("</table><p class=note>Pearson r of the unit's activation with the feature, over this text. "
+               "Click a row to show that unit.</p></section>")
     return "\n".join(out)
 
 
@@ -323,7 +298,7 @@ def render_page(
     views: list[View],
     vocab: str,
     predictions: Predictions | None = None,
-    find: tuple[str, list[tuple[CellScore, int]]] | None = None,
+    find: tuple[str, list[tuple[UnitScore, int]]] | None = None,
     gates: list[GateSaturation] | None = None,
 ) -> str:
     """The whole page as a string. ``find``: the feature name and (score, index into ``views``) rows."""

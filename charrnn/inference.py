@@ -283,7 +283,7 @@ class StepModel:
                 h = o * c.tanh()
                 cs.append(c)
                 if internals is not None:
-                    internals.append(LayerInternals(h, c, {"input": i, "forget": f, "cell": g, "output": o}))
+                    internals.append(LayerInternals(h, c, {"input": i, "forget": f, "g": g, "output": o}))
             elif self.cell == "gru":
                 gi = w["table"].index_select(0, idx) if layer == 0 else w["in"](x)
                 gh = w["hh"](h)

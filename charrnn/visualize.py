@@ -1,49 +1,49 @@
-"""Looking inside a trained model: per-character activations, predictions, text features, and the
-cells that track them (Karpathy, Johnson & Fei-Fei 2015, "Visualizing and Understanding Recurrent
-Networks").
+"""Looking inside a trained model: run it over a text and record, per character, what its units and
+gates computed and what it predicted (Karpathy, Johnson & Fei-Fei 2015, "Visualizing and Understanding
+Recurrent Networks").
 
 ``run`` feeds a text through ``StepModel`` one character at a time from a zero state, in chunks with
 the state carried across, and hands each chunk to *probes* that keep only what they need:
 
-- ``CellProbe``         chosen cells of one layer, per character            (N, cells)
-- ``PredictionProbe``   the probability of each character and the top-k guesses  (N,), (N, k)
-- ``CorrelationProbe``  running sums for Pearson r of every cell with a feature   (layers, H)
-- ``GateProbe``         per unit, how often each sigmoid gate is saturated          (layers, H)
+- ``UnitProbe``         chosen units of one layer, per character                  (N, units)
+- ``PredictionProbe``   the probability of each character and the top-k guesses   (N,), (N, k)
+- ``CorrelationProbe``  running sums for Pearson r of every unit with a feature   (layers, H)
+- ``GateProbe``         per unit, how often each sigmoid gate is saturated        (layers, H)
 
 so memory grows with the text only for the per-character outputs asked for (a few numbers per
-character), never with text x model size.
+character), never with text x model size. The features themselves are in ``charrnn.features``.
 
-Positions: the activation at character t is the state *after* reading ``text[t]``; the prediction
-at t is the distribution over ``text[t]`` *before* reading it, so position 0 has none. Features
-follow the activations: their value at t describes the text up to and including ``text[t]``.
-Layers are numbered from 0 here; the CLI numbers them from 1. No I/O and no printing here.
+A *unit* is one of the ``hidden_size`` components of a layer's state (the paper's "cell"; here "cell"
+is only the cell type, lstm/gru/rnn). Positions: the activation at character t is the state *after*
+reading ``text[t]``; the prediction at t is the distribution over ``text[t]`` *before* reading it, so
+position 0 has none. Layers are numbered from 0 here, except in ``check_layer``, which takes the
+number a user gives (from 1). No I/O and no printing here.
 """
 
 from __future__ import annotations
 
-import math
-import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from charrnn.data import Vocab, describe_chars
-from charrnn.errors import ConfigError, DataError
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.errors import ConfigError, DataError, option
 from charrnn.inference import LayerInternals, StepModel
+from charrnn.model import CharRNN, ModelConfig
 
 # What can be recorded per cell type. "c" is shown as tanh(c), as in the paper: c itself is unbounded.
+# "gate:g" is the LSTM's candidate (tanh) gate, the g in c' = f*c + i*g.
 QUANTITIES = {
-    "lstm": ("c", "h", "gate:input", "gate:forget", "gate:cell", "gate:output"),
+    "lstm": ("c", "h", "gate:input", "gate:forget", "gate:g", "gate:output"),
     "gru": ("h", "gate:reset", "gate:update", "gate:candidate"),
     "rnn": ("h",),
 }
 # The gates squashed by a sigmoid, whose saturation (< 0.1 or > 0.9) the paper studies.
 SIGMOID_GATES = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"), "rnn": ()}
 SATURATION = (0.1, 0.9)
-CHUNK_SIZE = 512
+CHUNK_CHARS = 512  # characters per chunk: the internals of one chunk are in memory at a time
 
 
 def default_quantity(cell: str) -> str:
@@ -55,24 +55,27 @@ def check_quantity(cell: str, what: str) -> str:
     """``what`` if the cell type records it, else ConfigError listing the choices."""
     if what not in QUANTITIES[cell]:
         raise ConfigError(
-            f"--what {what!r} is not recorded for a {cell.upper()}; choose one of {', '.join(QUANTITIES[cell])}"
+            f"{option('what', what)} is not recorded for {'a GRU' if cell == 'gru' else 'an ' + cell.upper()}; "
+            f"choose one of {', '.join(QUANTITIES[cell])}"
         )
     return what
 
 
 def describe_quantity(what: str) -> str:
-    """'tanh(c)', 'h', 'forget gate', ... for labels."""
+    """'tanh(c)', 'h', 'forget gate', 'g (candidate) gate', ... for labels."""
     if what == "c":
         return "tanh(c)"
+    if what == "gate:g":
+        return "g (candidate) gate"
     if what.startswith("gate:"):
         return what[5:] + " gate"
     return what
 
 
 def value_range(what: str) -> tuple[float, float]:
-    """The range a quantity lives in: (0, 1) for sigmoid gates, (-1, 1) for tanh(c), h and the rest."""
-    gate = what[5:] if what.startswith("gate:") else None
-    if gate in ("input", "forget", "output", "reset", "update"):
+    """The range a quantity lives in: (0, 1) for sigmoid gates, (-1, 1) for tanh(c), h and the tanh gates."""
+    sigmoid = {gate for gates in SIGMOID_GATES.values() for gate in gates}
+    if what.startswith("gate:") and what[5:] in sigmoid:
         return 0.0, 1.0
     return -1.0, 1.0
 
@@ -81,20 +84,22 @@ def check_layer(config: ModelConfig, layer: int) -> int:
     """A layer number as the user gives it (from 1) -> the 0-based index; ConfigError if out of range."""
     if not 1 <= layer <= config.num_layers:
         raise ConfigError(
-            f"--layer {layer}: this model has {config.num_layers} layer(s); pass a number from 1 to {config.num_layers}"
+            f"{option('layer', layer)}: this model has {config.num_layers} layer(s); "
+            f"pass a number from 1 to {config.num_layers}"
         )
     return layer - 1
 
 
-def check_cells(config: ModelConfig, cells: Iterable[int]) -> list[int]:
-    """Unit indices (from 0); ConfigError naming the valid range for any that does not exist."""
-    cells = list(cells)
-    for cell in cells:
-        if not 0 <= cell < config.hidden_size:
+def check_units(config: ModelConfig, units: Iterable[int]) -> list[int]:
+    """Unit indices (from 0) within a layer; ConfigError naming the valid range for any that does not exist."""
+    units = list(units)
+    for unit in units:
+        if not 0 <= unit < config.hidden_size:
             raise ConfigError(
-                f"--cell {cell}: each layer has {config.hidden_size} cells; pass a number from 0 to {config.hidden_size - 1}"
+                f"{option('unit', unit)}: each layer has {config.hidden_size} units; "
+                f"pass a number from 0 to {config.hidden_size - 1}"
             )
-    return cells
+    return units
 
 
 def encode_text(vocab: Vocab, text: str, source: str) -> np.ndarray:
@@ -145,7 +150,7 @@ def run(
     ids: np.ndarray,
     probes: Iterable,
     *,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_chars: int = CHUNK_CHARS,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Feed ``ids`` (N,) through ``model`` from a zero state; give each chunk to every probe's ``update``.
@@ -160,35 +165,35 @@ def run(
     ids = np.asarray(ids, dtype=np.int64)  # Vocab.encode gives the smallest unsigned type; gather needs int64
     all_ids = torch.as_tensor(ids, device=device)
     total = len(all_ids)
-    for start in range(0, total, chunk_size):
-        chunk_ids = all_ids[start : start + chunk_size]
+    for start in range(0, total, chunk_chars):
+        chunk_ids = all_ids[start : start + chunk_chars]
         steps, logits = [], []
         for t in range(len(chunk_ids)):
             internals: list[LayerInternals] = []
             out, state = stepper.step(chunk_ids[t : t + 1], state, internals)
             steps.append(internals)
             logits.append(out)
-        chunk = Chunk(start, ids[start : start + chunk_size], torch.cat(logits).float(), steps)
+        chunk = Chunk(start, ids[start : start + chunk_chars], torch.cat(logits).float(), steps)
         for probe in probes:
             probe.update(chunk)
         if progress is not None:
-            progress(min(start + chunk_size, total), total)
+            progress(min(start + chunk_chars, total), total)
 
 
-class CellProbe:
-    """Keeps the values of ``cells`` of ``layer`` (from 0) for every character: ``values`` (N, len(cells))."""
+class UnitProbe:
+    """Keeps the values of ``units`` of ``layer`` (from 0) for every character: ``values`` (N, len(units))."""
 
-    def __init__(self, layer: int, what: str, cells: list[int]):
-        self.layer, self.what, self.cells = layer, what, list(cells)
+    def __init__(self, layer: int, what: str, units: list[int]):
+        self.layer, self.what, self.units = layer, what, list(units)
         self._parts: list[np.ndarray] = []
 
     def update(self, chunk: Chunk) -> None:
-        self._parts.append(chunk.quantity(self.layer, self.what)[:, self.cells].cpu().numpy())
+        self._parts.append(chunk.quantity(self.layer, self.what)[:, self.units].cpu().numpy())
 
     @property
     def values(self) -> np.ndarray:
         if not self._parts:
-            return np.zeros((0, len(self.cells)), dtype=np.float32)
+            return np.zeros((0, len(self.units)), dtype=np.float32)
         return np.concatenate(self._parts)
 
 
@@ -243,9 +248,9 @@ class PredictionProbe:
 
 
 class CorrelationProbe:
-    """Pearson r of every cell of ``layers`` with ``feature`` (N,), from running sums, in bounded memory.
+    """Pearson r of every unit of ``layers`` with ``feature`` (N,), from running sums, in bounded memory.
 
-    Keeps n, sum x, sum x^2, sum xy per cell and sum y, sum y^2 in float64, each shifted by the first
+    Keeps n, sum x, sum x^2, sum xy per unit and sum y, sum y^2 in float64, each shifted by the first
     chunk's mean so that the final ``E[xy] - E[x]E[y]`` does not cancel catastrophically.
     """
 
@@ -275,32 +280,34 @@ class CorrelationProbe:
 
     @property
     def r(self) -> np.ndarray:
-        """(len(layers), H) correlations in [-1, 1]; 0 where a cell or the feature is constant."""
+        """(len(layers), H) correlations in [-1, 1]; 0 where a unit or the feature is constant."""
         n = max(self.n, 1)
         mx, my = self.sx / n, self.sy / n
         var_x = np.maximum(self.sxx / n - mx * mx, 0.0)
         var_y = max(self.syy / n - my * my, 0.0)
         cov = self.sxy / n - mx * my
         den = np.sqrt(var_x * var_y)
-        # A constant cell (or feature) has no correlation to speak of: 0, not NaN.
+        # A constant unit (or feature) has no correlation to speak of: 0, not NaN.
         ok = (var_x > 1e-12) & (var_y > 1e-12)
         r = np.divide(cov, den, out=np.zeros_like(cov), where=ok & (den > 0))
         return np.clip(r, -1.0, 1.0)
 
 
 @dataclass(frozen=True)
-class CellScore:
+class UnitScore:
+    """How closely one unit tracks a feature: Pearson ``r`` in [-1, 1]."""
+
     layer: int  # from 0
-    cell: int
+    unit: int
     r: float
 
 
-def rank_cells(r: np.ndarray, layers: list[int], top: int) -> list[CellScore]:
-    """The ``top`` cells by |r|, strongest first (ties: lower layer, then lower cell, first)."""
+def rank_units(r: np.ndarray, layers: list[int], top: int) -> list[UnitScore]:
+    """The ``top`` units of ``r`` (len(layers), H) by |r|, strongest first (ties: lower layer, then lower unit)."""
     flat = np.abs(r).ravel()
     order = np.lexsort((np.arange(flat.size), -flat))[:top]  # stable: index breaks ties
     hidden = r.shape[1]
-    return [CellScore(layers[i // hidden], int(i % hidden), float(r.flat[i])) for i in order]
+    return [UnitScore(layers[i // hidden], int(i % hidden), float(r.flat[i])) for i in order]
 
 
 @dataclass(frozen=True)
@@ -319,7 +326,7 @@ class GateProbe:
     def __init__(self, config: ModelConfig):
         self.gates = SIGMOID_GATES[config.cell]
         if not self.gates:
-            raise ConfigError("--gates needs an LSTM or GRU checkpoint; a vanilla RNN has no gates")
+            raise ConfigError(f"{option('gates')} needs an LSTM or GRU checkpoint; a vanilla RNN has no gates")
         self.num_layers = config.num_layers
         shape = (config.num_layers, len(self.gates), config.hidden_size)
         self.left, self.right = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
@@ -342,178 +349,3 @@ class GateProbe:
             for layer in range(self.num_layers)
             for g, gate in enumerate(self.gates)
         ]
-
-
-# -- text features -----------------------------------------------------------------------------
-# Each maps a text of N characters to (N,) float64: the feature's value after reading text[t].
-
-
-def quote_feature(text: str) -> np.ndarray:
-    """1 inside "...": from the opening quote up to (not including) the closing one. A plain toggle."""
-    is_quote = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4") == ord('"')
-    return (np.cumsum(is_quote) % 2).astype(np.float64)
-
-
-def line_position_feature(text: str) -> np.ndarray:
-    """Characters of the current line read so far: 1 for the first, 2 for the second; 0 after a newline."""
-    out = np.zeros(len(text))
-    column = 0
-    for i, ch in enumerate(text):
-        column = 0 if ch == "\n" else column + 1
-        out[i] = column
-    return out
-
-
-def bracket_depth_feature(text: str) -> np.ndarray:
-    """Nesting depth of (), [] and {} after each character (never below 0 on unbalanced text)."""
-    out = np.zeros(len(text))
-    depth = 0
-    for i, ch in enumerate(text):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth = max(0, depth - 1)
-        out[i] = depth
-    return out
-
-
-def indent_feature(text: str) -> np.ndarray:
-    """Leading spaces and tabs of the current line (each counts 1), as far as read; 0 after a newline."""
-    out = np.zeros(len(text))
-    indent, leading = 0, True
-    for i, ch in enumerate(text):
-        if ch == "\n":
-            indent, leading = 0, True
-        elif leading and ch in " \t":
-            indent += 1
-        else:
-            leading = False
-        out[i] = indent
-    return out
-
-
-_LATEX_MARKER = re.compile(r"\\(?:documentclass|begin\{)")
-
-
-def comment_feature(text: str) -> np.ndarray:
-    """1 inside comments. LaTeX ``%`` comments if the text has ``\\documentclass`` or ``\\begin{``;
-    otherwise C ``/* ... */`` and ``// ...`` (ignoring those inside "strings" and 'c' literals).
-
-    An opening delimiter counts from its last character (``/*``: the ``*``), a closing one is inside.
-    """
-    if _LATEX_MARKER.search(text):
-        return _latex_comments(text)
-    return _c_comments(text)
-
-
-def _latex_comments(text: str) -> np.ndarray:
-    out = np.zeros(len(text))
-    inside, prev = False, ""
-    for i, ch in enumerate(text):
-        if inside and ch == "\n":
-            inside = False
-        elif not inside and ch == "%" and prev != "\\":
-            inside = True
-        out[i] = inside
-        prev = ch
-    return out
-
-
-def _c_comments(text: str) -> np.ndarray:
-    out = np.zeros(len(text))
-    state, prev, opened_at = "code", "", -1  # state: code | string | char | line | block
-    for i, ch in enumerate(text):
-        mark = False
-        if state == "code":
-            if ch == '"':
-                state = "string"
-            elif ch == "'":
-                state = "char"
-            elif prev == "/" and ch == "/":
-                state, mark = "line", True
-            elif prev == "/" and ch == "*":
-                state, mark, opened_at = "block", True, i
-        elif state in ("string", "char"):
-            if ch == "\\" and prev == "\\":
-                ch = ""  # an escaped backslash escapes nothing after it
-            elif ch == ('"' if state == "string" else "'") and prev != "\\":
-                state = "code"
-            elif ch == "\n":
-                state = "code"  # an unterminated literal ends with its line
-        elif state == "line":
-            if ch == "\n":
-                state = "code"
-            else:
-                mark = True
-        else:  # block
-            mark = True
-            if prev == "*" and ch == "/" and i - opened_at >= 2:
-                state, ch = "code", ""  # "*/" then "/" must not open a line comment
-        out[i] = mark
-        prev = ch
-    return out
-
-
-def word_position_feature(text: str) -> np.ndarray:
-    """Position in the current word (letters, digits, _): 1 for its first character; 0 between words."""
-    out = np.zeros(len(text))
-    position = 0
-    for i, ch in enumerate(text):
-        position = position + 1 if (ch.isalnum() or ch == "_") else 0
-        out[i] = position
-    return out
-
-
-def regex_feature(text: str, pattern: str) -> np.ndarray:
-    """1 on every character inside a match of ``pattern`` (non-overlapping, as ``re.finditer``)."""
-    if not pattern:
-        raise ConfigError("--find regex: needs a pattern after the colon, e.g. --find 'regex:[0-9]+'")
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"--find regex:{pattern}: not a valid regular expression ({exc}); fix the pattern") from None
-    out = np.zeros(len(text))
-    for match in compiled.finditer(text):
-        out[match.start() : match.end()] = 1.0
-    return out
-
-
-FEATURES: dict[str, Callable[[str], np.ndarray]] = {
-    "quote": quote_feature,
-    "line-position": line_position_feature,
-    "bracket-depth": bracket_depth_feature,
-    "indent": indent_feature,
-    "comment": comment_feature,
-    "word-position": word_position_feature,
-}
-
-
-def feature_values(name: str, text: str) -> np.ndarray:
-    """The feature ``name`` (one of FEATURES, or ``regex:PATTERN``) over ``text``: (N,) float64.
-
-    ConfigError for an unknown name or bad pattern; DataError if the feature is constant over the
-    text (no correlation is defined then).
-    """
-    if name.startswith("regex:"):
-        values = regex_feature(text, name[len("regex:") :])
-    elif name in FEATURES:
-        values = FEATURES[name](text)
-    else:
-        raise ConfigError(
-            f"unknown --find feature {name!r}; choose one of {', '.join(FEATURES)}, or regex:PATTERN"
-        )
-    if len(values) and math.isclose(float(values.min()), float(values.max())):
-        raise DataError(
-            f"--find {name}: the feature is {values[0]:g} at every character of this text, so nothing can "
-            "correlate with it; pass a text where it varies (e.g. one with quotes for 'quote')"
-        )
-    return values
-
-
-def feature_window(values: np.ndarray, width: int) -> tuple[int, int]:
-    """A ``width``-character window that starts a little before the feature first changes."""
-    n = len(values)
-    changes = np.flatnonzero(values != values[0]) if n else np.array([], dtype=int)
-    start = max(0, int(changes[0]) - width // 4) if len(changes) else 0
-    start = max(0, min(start, n - width))
-    return start, min(n, start + width)

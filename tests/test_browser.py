@@ -78,10 +78,11 @@ def page(tmp_path_factory):
     vocab = Vocab.from_text(TEXT)
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(len(vocab), num_layers=1, hidden_size=8, embedding_size=4)).eval()
-    cells = viz.CellProbe(0, "c", [0, 1])
+    units = viz.UnitProbe(0, "c", [0, 1])
     predictions = viz.PredictionProbe()
-    viz.run(model, viz.encode_text(vocab, TEXT, "test"), [cells, predictions])
-    views = [html_report.View(f"L1 #{c} tanh(c)", f"layer 1, cell {c}", cells.values[:, i]) for i, c in enumerate([0, 1])]
+    viz.run(model, viz.encode_text(vocab, TEXT, "test"), [units, predictions])
+    views = [html_report.View(f"L1 #{u} tanh(c)", f"layer 1, unit {u}", units.values[:, i])
+             for i, u in enumerate([0, 1])]
     html = html_report.render_page(TEXT, title="browser test", meta=[], views=views, vocab=vocab.chars,
                                    predictions=predictions.result)
     path = tmp_path_factory.mktemp("page") / "page.html"

@@ -1,15 +1,20 @@
-"""``charrnn visualize``: what the network has learned, character by character, in the terminal,
-as JSON, or as one self-contained HTML page.
+"""``charrnn visualize``: what the network has learned, unit by unit and character by character, in
+the terminal, as JSON, or as one self-contained HTML page.
 
-1. load the checkpoint and check every option against it (layer, cells, quantity, feature);
+1. load the checkpoint and check every option against it (layer, units, quantity, feature);
 2. read the text (--text, --string or --sample) and encode it;
 3. run the model over it once with the probes the options need (``charrnn.visualize``);
-   with --find, run it a second time to record only the best cells, so memory stays bounded;
+   with --find, run it a second time to record only the best units, so memory stays bounded;
 4. show: --json on stdout, or rich views on stdout; --html writes the page.
+
+Steps 1 and 3 are ``charrnn.recording.record``; this module adds the flags, the text sources, and the
+terminal views of the ``Recording`` it returns (the JSON and the page are ``charrnn.recording``'s too).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -20,16 +25,21 @@ from rich.table import Table
 from rich.text import Text
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import html_report
+from charrnn import colours
 from charrnn import visualize as viz
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, UserError, echo_json, stderr_console
 from charrnn.data import Vocab, escape_char, read_text
-from charrnn.sample import generate
 from charrnn.devices import resolve_device
+from charrnn.errors import OutputError
+from charrnn.features import feature_window
+from charrnn.recording import Recording, Trace, check_options, record, to_html, to_json
+from charrnn.sample import generate
 
 DEFAULT_CHECKPOINT = Path(DEFAULT_OUT_DIR) / "best.pt"
 TABLE_ROWS = 40  # predictions table rows when no --range is given
 PREVIEW_WIDTH = 48  # characters in a --find preview line
+CELL_DEPRECATED = "--cell is deprecated for visualize and will be removed; use --unit"
+GATE_CELL_DEPRECATED = "--what gate:cell is deprecated and will be removed; use --what gate:g (the same candidate gate)"
 
 
 @click.command()
@@ -39,15 +49,19 @@ PREVIEW_WIDTH = 48  # characters in a --find preview line
 @click.option("--sample", "sample_length", type=click.IntRange(min=1), metavar="N",
               help="Run the model over N characters it generates itself.")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed for --sample.")
-@click.option("--temperature", "-t", type=float, default=0.8, show_default=True, help="Temperature for --sample.")
-@click.option("--layer", type=int, default=None,
-              help="Layer, numbered from 1. Default: the last for --cell; every layer for --find.")
-@click.option("--cell", "cells", type=int, multiple=True, help="Cell (unit) index from 0; repeat for several.")
+@click.option("--temperature", "-t", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True,
+              help="Temperature for --sample (> 0).")
+@click.option("--layer", type=click.IntRange(min=1), default=None,
+              help="Layer, numbered from 1. Default: the last for --unit; every layer for --find.")
+@click.option("--unit", "units", type=click.IntRange(min=0), multiple=True,
+              help="Unit (hidden-state component) index from 0; repeat for several.")
+@click.option("--cell", "deprecated_units", type=click.IntRange(min=0), multiple=True, hidden=True,
+              help="Deprecated: use --unit.")
 @click.option("--what", default=None, metavar="QUANTITY",
-              help="h, c (shown as tanh(c)) or gate:NAME (LSTM: input, forget, cell, output; GRU: reset, "
+              help="h, c (shown as tanh(c)) or gate:NAME (LSTM: input, forget, g, output; GRU: reset, "
                    "update, candidate). Default: c for an LSTM, h otherwise.")
 @click.option("--find", "feature", metavar="FEATURE",
-              help="Rank every cell by its correlation with a feature: quote, line-position, bracket-depth, "
+              help="Rank every unit by its correlation with a feature: quote, line-position, bracket-depth, "
                    "indent, comment, word-position, or regex:PATTERN.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the --find ranking.")
 @click.option("--predictions", is_flag=True, help="Colour by surprisal; table of each position's top-5 guesses.")
@@ -56,92 +70,75 @@ PREVIEW_WIDTH = 48  # characters in a --find preview line
                    f"predictions table shows the first {TABLE_ROWS}.")
 @click.option("--gates", is_flag=True, help="How often each gate is saturated (< 0.1 or > 0.9), per layer.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write one self-contained HTML page with the coloured text, hover guesses and a cell selector.")
-@click.option("--json", "as_json", is_flag=True, help="Print per-character activations and predictions as JSON instead.")
+              help="Also write one self-contained HTML page with the coloured text, hover guesses and a unit selector.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print per-character activations and predictions as JSON instead.")
 @click.option("--max-chars", type=click.IntRange(min=1), default=20000, show_default=True,
               help="Use at most this many characters of the text.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperature, layer, cells, what,
-              feature, top, predictions, span, gates, html_path, as_json, max_chars, device):
-    """See what CHECKPOINT (default: out/best.pt) has learned: per-character cell activations,
-    predictions and surprise, and a hunt for cells that track a feature of the text.
+def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperature, layer, units, deprecated_units,
+              what, feature, top, predictions, span, gates, html_path, as_json, max_chars, device):
+    """See what CHECKPOINT (default: out/best.pt) has learned: per-character unit activations,
+    predictions and surprise, and a hunt for units that track a feature of the text.
 
     \b
-    charrnn visualize best.pt --text some.txt --layer 2 --cell 117
+    charrnn visualize best.pt --text some.txt --layer 2 --unit 117
     charrnn visualize best.pt --text some.c --find quote
     charrnn visualize best.pt --string "Hello (world)" --predictions --range 0:13
-    charrnn visualize best.pt --text some.txt --find line-position --html cells.html
+    charrnn visualize best.pt --text some.txt --find line-position --html units.html
     charrnn visualize best.pt --sample 2000 --gates
 
     Activations are the state after reading each character; tanh(c) for an LSTM by default, as in
     Karpathy, Johnson & Fei-Fei (2015). Colours run from -1 (blue) through 0 (white) to +1 (red).
     """
-    if not (cells or feature or predictions or gates):
-        raise UserError("nothing to show: pass --cell N, --find FEATURE, --predictions or --gates (see --help)")
+    err = stderr_console()
+    if deprecated_units:
+        err.print(CELL_DEPRECATED, markup=False)
+        units = (*units, *deprecated_units)
+    if not (units or feature or predictions or gates):
+        raise UserError("nothing to show: pass --unit N, --find FEATURE, --predictions or --gates (see --help)")
 
     # 1. The checkpoint, and every option checked against it before any work.
     ckpt = ckpt_io.load(checkpoint)
     cfg = ckpt.model_config
     vocab = Vocab(ckpt.vocab)
-    what = viz.check_quantity(cfg.cell, what or viz.default_quantity(cfg.cell))
-    chosen_layer = viz.check_layer(cfg, layer) if layer is not None else None
-    cells = viz.check_cells(cfg, cells)
-    cell_layer = chosen_layer if chosen_layer is not None else cfg.num_layers - 1
-    gate_probe = viz.GateProbe(cfg) if gates else None
+    if what == "gate:cell" and cfg.cell == "lstm":
+        err.print(GATE_CELL_DEPRECATED, markup=False)
+        what = "gate:g"
+    check_options(cfg, what=what, units=units, layer=layer, gates=gates)
     model = ckpt.build_model(resolve_device(device))
 
-    # 2. The text.
+    # 2. The text, then 3. the runs over it.
     text, source = _read_source(text_path, string, sample_length, model, vocab, seed, temperature)
-    full_length = len(text)
-    text = text[:max_chars]
-    ids = viz.encode_text(vocab, text, source)
-    feature_values = viz.feature_values(feature, text) if feature else None
-    start, end = _parse_range(span, len(text))
-    err = stderr_console()
-    if full_length > len(text):
-        err.print(f"[dim]using the first {len(text):,} of {full_length:,} characters; raise --max-chars to see more")
-
-    # 3. One pass for everything but the --find cells, which a second pass records once they are known.
-    cell_probe = viz.CellProbe(cell_layer, what, cells) if cells else None
-    prediction_probe = viz.PredictionProbe(k=5)
-    search_layers = [chosen_layer] if chosen_layer is not None else list(range(cfg.num_layers))
-    corr_probe = viz.CorrelationProbe(feature_values, what, search_layers, cfg.hidden_size) if feature else None
-    probes = [p for p in (cell_probe, prediction_probe, corr_probe, gate_probe) if p is not None]
-    _run(model, ids, probes, err)
-    preds = prediction_probe.result
-    ranking, found = [], []
-    if corr_probe is not None:
-        ranking = viz.rank_cells(corr_probe.r, search_layers, top)
-        found = _record_cells(model, ids, what, ranking, err)
-    gate_stats = gate_probe.result if gate_probe is not None else None
-    bits = preds.bits[1:]
-    err.print(
-        f"[dim]{source}: {len(text):,} characters, {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size}; "
-        + (f"{bits.mean():.3f} bits/char" if len(bits) else "")
-    )
+    n_chars = min(len(text), max_chars)
+    start, end = _parse_range(span, n_chars)
+    if len(text) > n_chars:
+        err.print(f"[dim]using the first {n_chars:,} of {len(text):,} characters; raise --max-chars to see more")
+    with _progress(err, n_chars) as progress:
+        rec = record(model, vocab, text, what=what, units=units, layer=layer, find=feature, top=top, gates=gates,
+                     max_chars=max_chars, source=source, checkpoint=str(checkpoint), progress=progress)
+    err.print(f"[dim]{source}: {n_chars:,} characters, {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size}"
+              + (f"; {rec.mean_bits:.3f} bits/char" if n_chars > 1 else ""))
 
     # 4. Output.
-    explicit = [(cell_layer, c, cell_probe.values[:, i]) for i, c in enumerate(cells)] if cells else []
     if as_json:
-        echo_json(_json(checkpoint, source, text, full_length, cfg, what, explicit, ranking, found, feature, preds,
-                        vocab, gate_stats))
+        echo_json(to_json(rec))
     else:
         out = Console(highlight=False)  # the views are this command's product: stdout
-        for layer_index, cell, values in explicit:
-            _show_cell(out, text, values, layer_index, cell, what, start, end)
-        if ranking:
-            _show_ranking(out, text, feature, feature_values, what, ranking, found, start, end)
+        for trace in rec.units:
+            _show_unit(out, rec, trace, start, end)
+        if rec.found:
+            _show_ranking(out, rec, start, end)
         if predictions:
-            _show_predictions(out, text, preds, vocab, start, end, explicit_range=span is not None)
-        if gate_stats is not None:
-            _show_gates(out, gate_stats)
+            _show_predictions(out, rec, start, end, explicit_range=span is not None)
+        if rec.gates is not None:
+            _show_gates(out, rec.gates)
     if html_path is not None:
-        page = _html(checkpoint, source, text, cfg, what, explicit, ranking, found, feature, feature_values, preds,
-                     vocab, gate_stats)
+        page = to_html(rec)
         try:
             html_path.write_text(page, encoding="utf-8")
         except OSError as exc:
-            raise UserError(f"cannot write {html_path} ({exc.strerror or exc}); choose a writable path", 5) from None
+            raise OutputError(f"cannot write {html_path} ({exc.strerror or exc}); choose a writable path") from None
         err.print(f"[dim]wrote {html_path} ({len(page.encode('utf-8')) / 1024:,.0f} KiB)")
 
 
@@ -178,26 +175,17 @@ def _parse_range(span: str | None, n: int) -> tuple[int, int]:
     return start, end
 
 
-def _run(model, ids, probes, err: Console) -> None:
-    """``viz.run`` with a transient progress bar on an interactive stderr."""
-    if not err.is_terminal or len(ids) < 2000:
-        viz.run(model, ids, probes)
+@contextlib.contextmanager
+def _progress(err: Console, n_chars: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback drawing a transient bar on an interactive stderr, else None."""
+    if not err.is_terminal or n_chars < 2000:
+        yield None
         return
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("running the model", total=len(ids))
-        viz.run(model, ids, probes, progress=lambda done, total: bar.update(task, completed=done))
-
-
-def _record_cells(model, ids, what, ranking, err) -> list[np.ndarray]:
-    """The second pass: per-character values of the ranked cells only, in ranking order."""
-    by_layer: dict[int, list[int]] = {}
-    for score in ranking:
-        by_layer.setdefault(score.layer, []).append(score.cell)
-    probes = {layer: viz.CellProbe(layer, what, cells) for layer, cells in by_layer.items()}
-    _run(model, ids, probes.values(), err)
-    return [probes[s.layer].values[:, by_layer[s.layer].index(s.cell)] for s in ranking]
+        task = bar.add_task("running the model", total=n_chars)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 # -- terminal views ----------------------------------------------------------------------------
@@ -215,8 +203,8 @@ class _Palette:
             return None
         key = int(round(float(np.clip(s, -1.0, 1.0)) * 32))
         if key not in self._styles:
-            bg = html_report.colour(self.kind, key / 32)
-            fg = html_report.text_colour(bg)
+            bg = colours.colour(self.kind, key / 32)
+            fg = colours.text_colour(bg)
             self._styles[key] = Style(color=f"rgb({fg[0]},{fg[1]},{fg[2]})", bgcolor=f"rgb({bg[0]},{bg[1]},{bg[2]})")
         return self._styles[key]
 
@@ -250,6 +238,7 @@ def coloured_text(text: str, positions: np.ndarray, kind: str, start: int, end: 
 
 
 def legend(kind: str, lo: float, hi: float, label: str) -> Text:
+    """A 24-step colour bar from ``lo`` to ``hi`` with the quantity's name."""
     palette = _Palette(kind)
     first = -1.0 if kind == "diverging" else 0.0
     signed = "+g" if kind == "diverging" and lo < 0 else "g"
@@ -260,41 +249,40 @@ def legend(kind: str, lo: float, hi: float, label: str) -> Text:
     return out
 
 
-def _show_cell(out: Console, text, values, layer_index, cell, what, start, end, note: str = "") -> None:
-    lo, hi = viz.value_range(what)
-    out.rule(f"layer {layer_index + 1}, cell {cell}, {viz.describe_quantity(what)}{note}")
-    out.print(coloured_text(text, html_report.scale_values(values, lo, hi), "diverging", start, end))
-    out.print(legend("diverging", lo, hi, viz.describe_quantity(what)))
+def _show_unit(out: Console, rec: Recording, trace: Trace, start: int, end: int, note: str = "") -> None:
+    quantity = viz.describe_quantity(rec.what)
+    out.rule(f"layer {trace.layer + 1}, unit {trace.unit}, {quantity}{note}")
+    out.print(coloured_text(rec.text, rec.positions(trace), "diverging", start, end))
+    out.print(legend("diverging", *viz.value_range(rec.what), quantity))
 
 
-def _show_ranking(out, text, feature, feature_values, what, ranking, found, start, end) -> None:
-    lo, hi = viz.value_range(what)
-    w0, w1 = viz.feature_window(feature_values, PREVIEW_WIDTH)
-    table = Table(title=f"cells that track {feature} ({viz.describe_quantity(what)}, Pearson r over "
+def _show_ranking(out: Console, rec: Recording, start: int, end: int) -> None:
+    text, feature, values = rec.text, rec.feature, rec.feature_values
+    w0, w1 = feature_window(values, PREVIEW_WIDTH)
+    table = Table(title=f"units that track {feature} ({viz.describe_quantity(rec.what)}, Pearson r over "
                         f"{len(text):,} characters)", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("layer", justify="right")
-    table.add_column("cell", justify="right")
-    table.add_column("r", justify="right")
+    for name in ("#", "layer", "unit", "r"):
+        table.add_column(name, justify="right")
     table.add_column(f"preview (characters {w0}..{w1 - 1})", no_wrap=True)
-    fmin, fmax = float(feature_values.min()), float(feature_values.max())
-    feature_row = coloured_text(text, (feature_values - fmin) / (fmax - fmin) * 2 - 1, "diverging", w0, w1, inline=True)
+    fmin, fmax = float(values.min()), float(values.max())
+    feature_row = coloured_text(text, (values - fmin) / (fmax - fmin) * 2 - 1, "diverging", w0, w1, inline=True)
     table.add_row("", "", "", "", feature_row, end_section=True)
-    for rank, (score, values) in enumerate(zip(ranking, found), 1):
-        colour = "red" if score.r > 0 else "blue" if score.r < 0 else ""
-        preview = coloured_text(text, html_report.scale_values(values, lo, hi), "diverging", w0, w1, inline=True)
-        table.add_row(str(rank), str(score.layer + 1), str(score.cell), Text(f"{score.r:+.3f}", style=colour), preview)
+    for rank, trace in enumerate(rec.found, 1):
+        colour = "red" if trace.r > 0 else "blue" if trace.r < 0 else ""
+        preview = coloured_text(text, rec.positions(trace), "diverging", w0, w1, inline=True)
+        table.add_row(str(rank), str(trace.layer + 1), str(trace.unit), Text(f"{trace.r:+.3f}", style=colour), preview)
     out.print(table)
     out.print(Text(f"first row: the feature itself ({fmin:g} blue .. {fmax:g} red)", style="dim"))
-    best = ranking[0]
-    _show_cell(out, text, found[0], best.layer, best.cell, what, start, end, note=f", r = {best.r:+.3f} with {feature}")
+    best = rec.found[0]
+    _show_unit(out, rec, best, start, end, note=f", r = {best.r:+.3f} with {feature}")
 
 
-def _show_predictions(out, text, preds: viz.Predictions, vocab: Vocab, start, end, explicit_range: bool) -> None:
-    bits = preds.bits
+def _show_predictions(out: Console, rec: Recording, start: int, end: int, explicit_range: bool) -> None:
+    text, preds = rec.text, rec.predictions
+    bits, positions = preds.bits, colours.surprisal_positions(preds.bits)
     out.rule("surprisal: how unexpected each character was")
-    out.print(coloured_text(text, bits / html_report.SURPRISAL_MAX_BITS, "sequential", start, end))
-    out.print(legend("sequential", 0, html_report.SURPRISAL_MAX_BITS, "bits (-log2 p); white = expected"))
+    out.print(coloured_text(text, positions, "sequential", start, end))
+    out.print(legend("sequential", 0, colours.SURPRISAL_MAX_BITS, "bits (-log2 p); white = expected"))
     rows_end = end if explicit_range else min(end, start + TABLE_ROWS)
     table = Table(title=f"what the model expected at characters {start}..{rows_end - 1}", title_justify="left")
     for name in ("pos", "char", "p", "bits"):
@@ -302,13 +290,13 @@ def _show_predictions(out, text, preds: viz.Predictions, vocab: Vocab, start, en
     table.add_column("top-5 guesses (before reading the character)")
     palette = _Palette("sequential")
     for t in range(start, rows_end):
-        char = Text(escape_char(text[t]), style=palette.style(bits[t] / html_report.SURPRISAL_MAX_BITS))
+        char = Text(escape_char(text[t]), style=palette.style(positions[t]))
         if np.isnan(preds.prob[t]):
             table.add_row(str(t), char, "", "", Text("(first character: no prediction)", style="dim"))
             continue
         guesses = Text()
         for idx, p in zip(preds.top_ids[t], preds.top_probs[t]):
-            guess = vocab.chars[int(idx)]
+            guess = rec.vocab.chars[int(idx)]
             guesses.append(f"{escape_char(guess)} ", style="bold" if guess == text[t] else "")
             guesses.append(f"{p:.0%}  ", style="dim")
         table.add_row(str(t), char, f"{preds.prob[t]:.3f}", f"{bits[t]:.2f}", guesses)
@@ -317,7 +305,7 @@ def _show_predictions(out, text, preds: viz.Predictions, vocab: Vocab, start, en
         stderr_console().print("[dim]pass --range START:END to see the guesses at other positions")
 
 
-def _show_gates(out, stats: list[viz.GateSaturation]) -> None:
+def _show_gates(out: Console, stats: list[viz.GateSaturation]) -> None:
     table = Table(title="gate saturation: fraction of characters with the gate < 0.1 (left) or > 0.9 (right)",
                   title_justify="left")
     for name in ("layer", "gate", "left, mean", "right, mean", "units mostly left", "units mostly right",
@@ -329,74 +317,3 @@ def _show_gates(out, stats: list[viz.GateSaturation]) -> None:
                       str(int((g.left > 0.5).sum())), str(int((g.right > 0.5).sum())), str(never))
     out.print(table)
     out.print(Text("mostly = more than half of the time; never saturated = under 5% of the time", style="dim"))
-
-
-# -- JSON and HTML -----------------------------------------------------------------------------
-
-
-def _rounded(values: np.ndarray, digits: int = 4) -> list:
-    return [None if not np.isfinite(v) else round(float(v), digits) for v in values]
-
-
-def _json(checkpoint, source, text, full_length, cfg, what, explicit, ranking, found, feature, preds, vocab,
-          gate_stats) -> dict:
-    cells = [{"layer": layer + 1, "cell": cell, "what": what, "values": _rounded(values)}
-             for layer, cell, values in explicit]
-    cells += [{"layer": s.layer + 1, "cell": s.cell, "what": what, "r": round(s.r, 4), "values": _rounded(values)}
-              for s, values in zip(ranking, found)]
-    top = [
-        None if ids[0] < 0 else [[vocab.chars[int(i)], round(float(p), 4)] for i, p in zip(ids, probs)]
-        for ids, probs in zip(preds.top_ids, preds.top_probs)
-    ]
-    result = {
-        "checkpoint": str(checkpoint),
-        "source": source,
-        "chars": len(text),
-        "source_chars": full_length,
-        "model": {"cell": cfg.cell, "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size},
-        "text": text,
-        "what": what,
-        "cells": cells,
-        "predictions": {"prob": _rounded(preds.prob, 5), "bits": _rounded(preds.bits, 3), "top": top},
-    }
-    if feature:
-        result["find"] = {"feature": feature, "what": what,
-                          "ranking": [{"layer": s.layer + 1, "cell": s.cell, "r": round(s.r, 4)} for s in ranking]}
-    if gate_stats is not None:
-        result["gates"] = [{"layer": g.layer + 1, "gate": g.gate, "left": _rounded(g.left), "right": _rounded(g.right)}
-                           for g in gate_stats]
-    return result
-
-
-def _html(checkpoint, source, text, cfg, what, explicit, ranking, found, feature, feature_values, preds, vocab,
-          gate_stats) -> str:
-    lo, hi = viz.value_range(what)
-    quantity = viz.describe_quantity(what)
-    views = [
-        html_report.View(f"L{layer + 1} #{cell} {quantity}", f"layer {layer + 1}, cell {cell}, {quantity}",
-                         html_report.scale_values(values, lo, hi), "diverging", lo, hi)
-        for layer, cell, values in explicit
-    ]
-    find = None
-    if ranking:
-        rows = []
-        for score, values in zip(ranking, found):
-            rows.append((score, len(views)))
-            views.append(html_report.View(
-                f"L{score.layer + 1} #{score.cell} {quantity}",
-                f"layer {score.layer + 1}, cell {score.cell}, {quantity}, r = {score.r:+.3f} with {feature}",
-                html_report.scale_values(values, lo, hi), "diverging", lo, hi))
-        fmin, fmax = float(feature_values.min()), float(feature_values.max())
-        views.append(html_report.View(f"feature {feature}", f"the feature itself: {feature}",
-                                      html_report.scale_values(feature_values, fmin, fmax, "sequential"),
-                                      "sequential", fmin, fmax))
-        find = (feature, rows)
-    views.append(html_report.surprisal_view(preds))
-    bits = preds.bits[1:]
-    meta = [
-        f"checkpoint {checkpoint}: {cfg.cell.upper()}, {cfg.num_layers} layer(s) x {cfg.hidden_size} cells",
-        f"text: {source}, {len(text):,} characters"
-        + (f", {bits.mean():.3f} bits/char" if len(bits) else ""),
-    ]
-    return html_report.render_page(text, title=f"charrnn visualize: {Path(str(checkpoint)).name}", meta=meta,
-                                   views=views, vocab=vocab.chars, predictions=preds, find=find, gates=gate_stats)
