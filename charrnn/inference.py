@@ -8,23 +8,25 @@ character. Here each layer is one matrix multiply instead:
 - layers > 0 (LSTM, RNN): ``[x, h] @ [W_ih, W_hh]^T + (b_ih + b_hh)`` in one product;
 - GRU keeps the input and hidden products apart because its candidate gate needs ``r * (W_hn h + b_hn)``.
 
-On the CPU, for several streams at once, each of those products runs through oneDNN with its weight
-packed once, ahead of time, into the layout oneDNN's kernels read (the way PyTorch's own frozen and
-compiled CPU graphs run a linear layer): 1.2-4.4x faster than MKL's ``addmm`` on these shapes where
-``onednn_wins`` picks it, on our 2-core Zen 3 (``benchmarks/bench_linear.py``). The
-packed path uses a PyTorch operator outside the public API, so it is prepared only after a probe
-product agrees with ``addmm``; anything else (no oneDNN, a GPU, not float32, an operator that
-changed) uses ``addmm``. The packed copy costs a second copy of the weights.
+Which library runs each product (``Linear``) depends on the rows (streams) and the threads:
 
-For one stream each product is a matrix-vector product (GEMV), and the one in numpy's BLAS
-(OpenBLAS in numpy's wheels) ran 1.1x (one thread) to 2.5x (two threads) faster than the MKL GEMV
-that PyTorch's CPU wheels call, on that Zen 3 (``bench_linear.py``, linear-20261126-033716). It is
-used through a zero-copy numpy view of the weight, but only while torch runs on one thread
-(``numpy_wins``): numpy's BLAS has its own worker threads, and when they and torch's OpenMP
-workers both wait busily for work on the same cores they starve each other (``bench_sample.py
---mixed-pools``, sample-20261126-033525: 47 against 2,034 characters per second). ``charrnn sample`` therefore runs one CPU
-stream with torch on one thread and the products on numpy's BLAS threads
-(``charrnn.threads.sampling_threads``). ``backend`` forces "blas", "onednn" or "numpy" for every product.
+- several streams on the CPU: oneDNN, with the weight packed once, ahead of time, into the layout its
+  kernels read (as PyTorch's own frozen and compiled CPU graphs run a linear layer), because MKL's
+  ``addmm`` is slow on these small shapes (``onednn_wins``). The packed path uses a PyTorch operator
+  outside the public API, so it is prepared only after a probe product agrees with ``addmm``;
+  anything else (no oneDNN, a GPU, not float32, an operator that changed) uses ``addmm``. The packed
+  copy costs a second copy of the weights.
+- one stream on the CPU: each product is a matrix-vector product (GEMV), which numpy's BLAS
+  (OpenBLAS in numpy's wheels) can do faster than the MKL GEMV PyTorch's CPU wheels call. It is used
+  through a zero-copy numpy view of the weight, but only while torch runs on one thread
+  (``numpy_wins``): numpy's BLAS has its own worker threads, and when they and torch's OpenMP workers
+  both wait busily for work on the same cores they starve each other. ``charrnn sample`` therefore
+  runs one CPU stream with torch on one thread and the products on numpy's BLAS threads
+  (``charrnn.threads.sampling_threads``).
+
+``benchmarks/bench_linear.py`` measures these choices and ``benchmarks/bench_sample.py`` the whole
+step (``--mixed-pools`` the clash of the two thread pools); docs/sampling.md explains them and
+docs/performance.md has the figures. ``backend`` forces "blas", "onednn" or "numpy" for every product.
 
 On a GPU the products are small and a step is some twenty tiny kernels, so one stream is bound by
 kernel launches, not arithmetic: ``StepModel.runner`` records the step once as a CUDA graph
@@ -71,9 +73,9 @@ def onednn_usable(weight: torch.Tensor) -> bool:
 def onednn_wins(rows: int) -> bool:
     """Whether the packed oneDNN product beats BLAS for ``rows`` streams at the current thread count.
 
-    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-012204): for one
-    row MKL's GEMV is as fast or faster; from 2 rows with 2 threads oneDNN was 1.9-4.4x faster, and on
-    one thread from 4 rows 1.2-2.6x (for 2-3 rows there it was 0.9-1.1x, so BLAS stays).
+    For one row MKL's GEMV is as fast or faster; oneDNN wins from 2 rows with several threads, and on
+    one thread from 4 rows (for 2-3 rows on one thread its gain was not consistent, so BLAS stays).
+    ``benchmarks/bench_linear.py`` measures it; its "auto picks" column shows what this rule chose.
     """
     return rows >= 4 or (rows >= 2 and torch.get_num_threads() > 1)
 
@@ -86,11 +88,10 @@ def numpy_usable(weight: torch.Tensor) -> bool:
 def numpy_wins(rows: int) -> bool:
     """Whether numpy's BLAS should run a product of ``rows`` rows: one row, torch on one thread.
 
-    Measured on a 2-core Zen 3 by ``benchmarks/bench_linear.py`` (linear-20261126-033716): for one
-    row numpy's GEMV was 1.1x (one thread) and 2.5x (two) faster than MKL's; for 2-32 rows oneDNN
-    was faster than numpy. With torch on more than one thread, torch's OpenMP workers
-    and numpy's BLAS workers wait busily for work on the same cores and starve each other (see the
-    module docstring), so numpy is left out then.
+    For one row numpy's GEMV beats MKL's; from 2 rows oneDNN beats numpy (``benchmarks/bench_linear.py``
+    measures both). With torch on more than one thread, torch's OpenMP workers and numpy's BLAS
+    workers wait busily for work on the same cores and starve each other (see the module docstring;
+    ``benchmarks/bench_sample.py --mixed-pools`` measures it), so numpy is left out then.
     """
     return rows == 1 and torch.get_num_threads() == 1
 

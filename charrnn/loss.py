@@ -18,8 +18,9 @@ LN2 = math.log(2.0)
 # During training, a validation split longer than this is scored on a seeded subset of this many
 # characters (--eval-chars), so that an evaluation takes seconds whatever the corpus size.
 DEFAULT_EVAL_CHARS = 2_000_000
-# A 2x512 LSTM scores about 16,000 characters/s on a 2-core CPU (benchmarks/README.md, bench_scale):
-# 250,000 keeps an evaluation near 15 s there, where 2,000,000 would take two minutes.
+# A CPU scores far fewer characters per second than a GPU: 250,000 keeps an evaluation of the default
+# model to seconds on a 2-core CPU, where 2,000,000 would take minutes (benchmarks/bench_quality.py
+# records each run's evaluation time; docs/performance.md, "How long an evaluation takes").
 DEFAULT_EVAL_CHARS_CPU = 250_000
 EVAL_WINDOWS = 8
 

@@ -1,10 +1,10 @@
 """CPU threads: torch's intra-op pool and numpy's BLAS, which has its own (set through threadpoolctl).
 
-The two pools are separate, and both wait busily for work for a while after each call: on a
-2-core machine, one stream's sampling steps that used both ran at 47 characters per second, and
-at 2,034 with torch on one thread (``benchmarks/bench_sample.py --mixed-pools``,
-sample-20261126-033525). For one stream ``charrnn sample`` gives
-the cores to numpy's BLAS and runs torch on one thread (see ``charrnn.inference``).
+The two pools are separate, and both wait busily for work for a while after each call, so a
+sampling step that uses both on the same cores runs many times slower than one that leaves torch
+on one thread (``benchmarks/bench_sample.py --mixed-pools`` measures it). For one stream
+``charrnn sample`` therefore gives the cores to numpy's BLAS and runs torch on one thread (see
+``charrnn.inference``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What charrnn promises (README, "What charrnn promises"): no lost work, no trusted strangers, clear errors."""
+"""What charrnn promises (docs/guarantees.md): no lost work, no trusted strangers, clear errors."""
 
 from __future__ import annotations
 
