@@ -8,8 +8,8 @@ import click
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
-from charrnn.corpus_files import load_corpus
-from charrnn.data import Corpus, Vocab, default_corpus_path, read_text, split
+from charrnn.corpus import load_corpus
+from charrnn.data import Vocab, split
 from charrnn.errors import ConfigError
 from charrnn.loss import evaluate
 from charrnn.devices import resolve_device
@@ -33,18 +33,16 @@ def eval_cmd(checkpoint: Path, text: Path | None, batch_size, seq_len, encoding,
     ckpt = ckpt_io.load(checkpoint)
     vocab = Vocab(ckpt.vocab)
     if text is None:
-        corpus_path = ckpt.corpus.get("path") or str(default_corpus_path())
-        if ckpt.corpus.get("path"):
-            cache = checkpoint.parent / "cache"
-            corpus = load_corpus(
-                corpus_path, encoding=encoding, separator=ckpt.corpus.get("separator") or "\n", vocab=vocab,
-                cache_dir=cache if cache.is_dir() else None,
-            ).corpus
-        else:
-            raw = read_text(corpus_path)
-            corpus = Corpus.from_text(raw, ckpt.corpus.get("name", corpus_path), vocab)
+        corpus_path = ckpt.corpus.get("path")  # None: the embedded corpus
+        cache = checkpoint.parent / "cache"
+        corpus = load_corpus(
+            corpus_path, encoding=encoding, separator=ckpt.corpus.get("separator") or "\n", vocab=vocab,
+            cache_dir=cache if cache.is_dir() else None,
+        ).corpus
         if corpus.sha256 != ckpt.corpus.get("sha256"):
-            raise ConfigError(f"{corpus_path} changed since {checkpoint} was trained; pass the TEXT to evaluate on")
+            raise ConfigError(
+                f"{corpus_path or corpus.name} changed since {checkpoint} was trained; pass the TEXT to evaluate on"
+            )
         _, ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
         what = f"validation split of {corpus.name}"
     else:

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Duration, UserError, format_duration, set_threads, stderr_console
-from charrnn.corpus_files import LoadedCorpus, describe_skipped, load_corpus
-from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
+from charrnn.corpus import LoadedCorpus, describe_skipped, load_corpus
+from charrnn.data import Corpus, Vocab
 from charrnn.errors import ConfigError
 from charrnn.loss import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
 from charrnn.model import CELLS, ModelConfig
@@ -149,16 +149,12 @@ def _check_architecture(ctx: click.Context, source: ckpt_io.Checkpoint, flag_for
             )
 
 
-EMBEDDED_NAME = "tinyshakespeare (embedded)"
-
-
 def _load_corpus(text: str | None, encoding: str, vocab: Vocab | None, separator: str = "\n",
                  cache_dir: Path | None = None, exclude: tuple[Path, ...] = ()) -> tuple[Corpus, LoadedCorpus | None]:
-    """The corpus, and for a TEXT on disk how it was read (files joined and skipped, the cache)."""
-    if text is None:
-        return Corpus.from_text(read_text(default_corpus_path()), EMBEDDED_NAME, vocab), None
+    """The corpus (``text`` None: the embedded one), and for a TEXT on disk how it was read (files
+    joined and skipped, the cache)."""
     loaded = load_corpus(text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir, exclude=exclude)
-    return loaded.corpus, loaded
+    return loaded.corpus, (loaded if text is not None else None)
 
 
 class Separator(click.ParamType):
@@ -386,7 +382,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
         )
         if loaded is not None:
             cached = {"hit": f"cached corpus reused from {loaded.cache_file}", "built": f"corpus encoded into {loaded.cache_file}", "off": "not cached"}
-            console.print(f"[dim]{loaded.files:,} file(s), {cached[loaded.cache]}")
+            console.print(f"[dim]{loaded.n_files:,} file(s), {cached[loaded.cache]}")
     progress = Progress(console, quiet)
     trainer.callback = progress if session.is_main else Callback()
     try:

@@ -23,7 +23,8 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import html_report
 from charrnn import visualize as viz
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, UserError, echo_json, stderr_console
-from charrnn.data import Vocab, escape_char, read_text
+from charrnn.corpus import read_text
+from charrnn.data import Vocab, escape_char
 from charrnn.sample import generate
 from charrnn.devices import resolve_device
 
@@ -34,7 +35,8 @@ PREVIEW_WIDTH = 48  # characters in a --find preview line
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINT)
-@click.option("--text", "text_path", type=click.Path(path_type=Path), help="Run the model over this text file.")
+@click.option("--text", "text_path", type=click.Path(path_type=Path),
+              help="Run the model over this text: a file, a folder or a quoted glob, as for `charrnn train`.")
 @click.option("--string", "string", metavar="TEXT", help="Run the model over this literal text.")
 @click.option("--sample", "sample_length", type=click.IntRange(min=1), metavar="N",
               help="Run the model over N characters it generates itself.")
@@ -91,15 +93,17 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
     model = ckpt.build_model(resolve_device(device))
 
     # 2. The text.
-    text, source = _read_source(text_path, string, sample_length, model, vocab, seed, temperature)
-    full_length = len(text)
+    text, source = _read_source(text_path, string, sample_length, model, vocab, seed, temperature, max_chars)
+    cut = len(text) > max_chars
+    full_length = None if cut and text_path is not None else len(text)  # a --text is read no further than needed
     text = text[:max_chars]
     ids = viz.encode_text(vocab, text, source)
     feature_values = viz.feature_values(feature, text) if feature else None
     start, end = _parse_range(span, len(text))
     err = stderr_console()
-    if full_length > len(text):
-        err.print(f"[dim]using the first {len(text):,} of {full_length:,} characters; raise --max-chars to see more")
+    if cut:
+        of = f"{full_length:,} characters" if full_length is not None else "a longer text"
+        err.print(f"[dim]using the first {len(text):,} of {of}; raise --max-chars to see more")
 
     # 3. One pass for everything but the --find cells, which a second pass records once they are known.
     cell_probe = viz.CellProbe(cell_layer, what, cells) if cells else None
@@ -148,14 +152,15 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
 # -- input -------------------------------------------------------------------------------------
 
 
-def _read_source(text_path, string, sample_length, model, vocab, seed, temperature) -> tuple[str, str]:
+def _read_source(text_path, string, sample_length, model, vocab, seed, temperature, max_chars) -> tuple[str, str]:
+    """The text and what to call it; a --text only to max_chars + 1 characters (enough to tell it was cut)."""
     given = [name for name, value in (("--text", text_path), ("--string", string), ("--sample", sample_length))
              if value is not None]
     if len(given) != 1:
         what = "none" if not given else " and ".join(given)
         raise UserError(f"pass exactly one of --text FILE, --string TEXT or --sample N (got {what})")
     if text_path is not None:
-        return read_text(text_path), str(text_path)
+        return read_text(text_path, max_chars=max_chars + 1), str(text_path)
     if string is not None:
         return string, "--string"
     steps = generate(model, vocab, length=sample_length, temperature=temperature, seed=seed)
