@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from charrnn.data import Corpus, default_corpus_path, read_text
+from charrnn.corpus import default_corpus_path, read_text
+from charrnn.data import Corpus
 from charrnn.model import ModelConfig
 from charrnn.trainer import Callback, TrainConfig, Trainer
 

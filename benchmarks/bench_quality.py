@@ -27,7 +27,7 @@ from pathlib import Path
 import common
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli.common import Duration
-from charrnn.data import default_corpus_path
+from charrnn.corpus import default_corpus_path
 
 LN2 = 0.6931471805599453
 EVAL_FRACTION_TARGET = 0.10  # issue 3: evaluation at most 10% of the time at default settings

@@ -5,7 +5,7 @@ embedded Tiny Shakespeare with non-ASCII lines sprinkled in, plus a few binary f
 each phase runs in its own child process so that its peak RSS (VmHWM, read by the child itself from
 /proc/self/status as it exits) is its own:
 
-  encode    charrnn.corpus_files.load_corpus into an empty cache folder: both passes, the cache written.
+  encode    charrnn.corpus.load_corpus into an empty cache folder: both passes, the cache written.
             Throughput = bytes of the input files / wall time of load_corpus (CPU time reported too:
             on a shared machine it is the steadier number).
   baseline  `charrnn train` (the real CLI) on a 1 MB file of the same text, --no-cache: what a run
@@ -47,7 +47,7 @@ NON_ASCII_LINES = [
 
 def generate(folder: Path, size_mb: float, seed: int = 0) -> dict:
     """A deterministic tree of UTF-8 files totalling ``size_mb`` MB, plus 3 binary files; quick to write."""
-    from charrnn.data import default_corpus_path
+    from charrnn.corpus import default_corpus_path
 
     lines = default_corpus_path().read_bytes().decode("utf-8").splitlines(keepends=True)
     rng = random.Random(seed)
@@ -91,13 +91,13 @@ _PEAK = textwrap.dedent(
 _ENCODE = _PEAK + textwrap.dedent(
     """
     import sys
-    from charrnn.corpus_files import load_corpus
+    from charrnn.corpus import load_corpus
     import resource
     t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     r = load_corpus(sys.argv[1], cache_dir=sys.argv[2], chunk_size=int(sys.argv[3]))
     dt, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
     cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
-    print('BENCH ' + json.dumps({'seconds': dt, 'cpu_seconds': cpu, 'cache': r.cache, 'chars': len(r.corpus), 'files': r.files,
+    print('BENCH ' + json.dumps({'seconds': dt, 'cpu_seconds': cpu, 'cache': r.cache, 'chars': len(r.corpus), 'files': r.n_files,
                                  'skipped': len(r.skipped), 'vocab': len(r.corpus.vocab),
                                  'dtype': str(r.corpus.ids.dtype)}), flush=True)
     """

@@ -39,7 +39,8 @@ from torch import nn
 import common
 from charrnn.cli.common import stderr_console
 from charrnn.cli.train import Progress
-from charrnn.data import Corpus, default_corpus_path, read_text, split
+from charrnn.corpus import default_corpus_path, read_text
+from charrnn.data import Corpus, split
 from charrnn.model import ModelConfig
 from charrnn.trainer import DTYPES, Callback, TrainConfig, Trainer
 

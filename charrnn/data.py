@@ -1,5 +1,5 @@
-"""Text in, integer streams out: reading corpora, the code-point vocabulary, the split, and the
-batch layout for truncated backpropagation through time.
+"""In-memory text data: the code-point vocabulary, encoded corpora, the split, and the batch layout
+for truncated backpropagation through time. Reading text from disk is ``charrnn.corpus``'s job.
 
 Characters are Unicode code points, never bytes: "é" is one symbol whether the file spells it in one
 UTF-8 byte sequence or another, and an emoji outside the Basic Multilingual Plane is one symbol too.
@@ -9,107 +9,25 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from charrnn.errors import ConfigError, DataError
-
-# How far into a file we look for NUL bytes when deciding whether it is binary.
-BINARY_SNIFF_BYTES = 8192
-
-
-def default_corpus_path() -> Path:
-    """The embedded Tiny Shakespeare corpus, from an installed package or from a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (
-        here / "_corpus" / "input.txt",  # installed: setup.cfg maps data/tinyshakespeare here
-        here.parent / "data" / "tinyshakespeare" / "input.txt",  # source checkout / editable install
-    ):
-        if candidate.is_file():
-            return candidate
-    raise DataError(
-        "the embedded corpus data/tinyshakespeare/input.txt is missing from this installation; "
-        "reinstall charrnn or pass a TEXT file"
-    )
-
-
-def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """Read a whole text file exactly as written (no newline translation), dropping a leading BOM.
-
-    Raises DataError for a missing, empty, binary or undecodable file, with the fix in the message.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file; pass the path of a text file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; pass the path of a text file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-    return decode_text(raw, str(path), encoding)
-
-
-def decode_text(raw: bytes, name: str, encoding: str = "utf-8") -> str:
-    """Decode file contents with the checks described in ``read_text``."""
-    if not raw:
-        raise DataError(empty_message(name))
-    if is_utf8(encoding) and b"\x00" in raw[:BINARY_SNIFF_BYTES]:
-        raise DataError(binary_message(name, raw))
-    try:
-        text = raw.decode(encoding)
-    except LookupError:
-        raise ConfigError(unknown_encoding_message(encoding)) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(undecodable_message(name, encoding, raw[exc.start], exc.start)) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if not text:
-        raise DataError(no_text_message(name))
-    return text
-
-
-# The messages of the checks above, shared with the streaming reader in charrnn.corpus_files.
-
-
-def is_utf8(encoding: str) -> bool:
-    """UTF-8 with or without a BOM: the encodings where NUL bytes mean "binary"."""
-    return encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
-
-
-def empty_message(name: str) -> str:
-    return f"{name}: the file is empty; pass a text file with some text in it"
-
-
-def no_text_message(name: str) -> str:
-    return f"{name}: the file holds no text; pass a text file with some text in it"
-
-
-def binary_message(name: str, head: bytes) -> str:
-    hint = " (it looks like UTF-16: pass --encoding utf-16)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-    return f"{name}: looks like a binary file, not text (it contains NUL bytes){hint}; pass a text file"
-
-
-def undecodable_message(name: str, encoding: str, bad_byte: int, offset: int) -> str:
-    return (
-        f"{name}: is not valid {encoding} (byte 0x{bad_byte:02x} at offset {offset}); "
-        "if it is Latin-1 or another encoding, pass it with --encoding, e.g. --encoding latin-1"
-    )
-
-
-def unknown_encoding_message(encoding: str) -> str:
-    return f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1"
+from charrnn.errors import ConfigError, DataError, option
 
 
 @dataclass(frozen=True)
 class Vocab:
-    """The sorted set of characters (code points) a model knows; index i is ``chars[i]``."""
+    """The sorted set of characters (code points) a model knows; index i is ``chars[i]``.
+
+    ValueError if ``chars`` is not a sorted string of distinct characters (a damaged cache or a
+    programming error; checkpoints are checked before they get here).
+    """
 
     chars: str
 
     def __post_init__(self) -> None:
-        assert self.chars == "".join(sorted(set(self.chars))), "Vocab chars must be sorted and unique"
+        if not isinstance(self.chars, str) or self.chars != "".join(sorted(set(self.chars))):
+            raise ValueError(f"a vocabulary is a sorted string of distinct characters, got {self.chars!r:.80}")
 
     @classmethod
     def from_text(cls, text: str) -> "Vocab":
@@ -118,25 +36,27 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.chars)
 
-    def _codes(self) -> np.ndarray:
-        return _code_points(self.chars)
-
     def missing(self, text: str) -> list[str]:
         """The distinct characters of ``text`` that are not in this vocabulary, sorted."""
-        known = set(self.chars)
-        return sorted(set(text) - known)
+        return sorted(set(text) - set(self.chars))
+
+    def check(self, text: str, where: str) -> None:
+        """DataError naming ``where`` (a file, a corpus, an option) if ``text`` has characters outside
+        this vocabulary: how many, which ones, and how to fix it. The one not-in-vocabulary error."""
+        unknown = self.missing(text)
+        if unknown:
+            raise DataError(
+                f"{where}: {len(unknown)} character(s) are not in the model's vocabulary: {describe_chars(unknown)}; "
+                "remove them (`charrnn inspect CHECKPOINT` lists the vocabulary)"
+            )
 
     def encode(self, text: str) -> np.ndarray:
-        """text -> (len(text),) integer array of indices; DataError naming unknown characters."""
+        """text -> (len(text),) unsigned integer indices (``index_dtype``); DataError via ``check``."""
         codes = _code_points(text)
-        table = self._codes()
-        idx = np.searchsorted(table, codes)
-        idx = np.minimum(idx, len(table) - 1)
-        if len(codes) and not np.array_equal(table[idx], codes):
-            unknown = self.missing(text)
-            raise DataError(
-                f"{len(unknown)} character(s) not in the model's vocabulary: {describe_chars(unknown)}"
-            )
+        table = _code_points(self.chars)
+        idx = np.minimum(np.searchsorted(table, codes), max(len(table) - 1, 0))
+        if len(codes) and (not len(table) or not np.array_equal(table[idx], codes)):
+            self.check(text, "the text")
         return idx.astype(index_dtype(len(self)))
 
     def decode(self, ids) -> str:
@@ -180,7 +100,7 @@ def describe_chars(chars, limit: int = 20) -> str:
 class Corpus:
     """An encoded text: ``ids`` (N,) unsigned ints into ``vocab``, plus what identifies the text.
 
-    ``ids`` may be a read-only numpy.memmap of a corpus cache (see charrnn.corpus_files); everything
+    ``ids`` may be a read-only numpy.memmap of a corpus cache (see charrnn.corpus_cache); everything
     that reads it slices it. ``sha256`` is the SHA-256 of the text in UTF-8 (BOM dropped; several
     files joined by ``separator``), whatever the file's own encoding.
     """
@@ -198,12 +118,7 @@ class Corpus:
         if vocab is None:
             vocab = Vocab.from_text(text)
         else:
-            unknown = vocab.missing(text)
-            if unknown:
-                raise DataError(
-                    f"{name}: {len(unknown)} character(s) are not in the checkpoint's vocabulary: "
-                    f"{describe_chars(unknown)}; remove them from the text or train from scratch"
-                )
+            vocab.check(text, name)
         digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
         return cls(name=name, ids=vocab.encode(text), vocab=vocab, sha256=digest, path=path)
 
@@ -214,7 +129,7 @@ class Corpus:
 def split(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
     """Contiguous split: the last ``val_frac`` of the characters is validation, the rest training."""
     if not 0.0 <= val_frac < 1.0:
-        raise ConfigError(f"--val-frac must be in [0, 1), got {val_frac}")
+        raise ConfigError(f"{option('val_frac')} must be in [0, 1), got {val_frac}")
     n_val = int(round(len(ids) * val_frac))
     return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
 
@@ -246,7 +161,7 @@ class Batches:
             raise DataError(
                 f"{len(ids):,} characters are too few for one batch of {streams} stream(s) x "
                 f"{seq_len} characters (need at least {need:,}); use a longer text or a smaller "
-                "--batch-size / --seq-len"
+                f"{option('batch_size')} / {option('seq_len')}"
             )
         usable = streams * self.stream_len
         rows = slice(rank * batch_size, (rank + 1) * batch_size)

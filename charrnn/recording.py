@@ -38,7 +38,7 @@ class Recording:
 
     text: str  # the text the model read (at most max_chars of the source)
     source: str  # where the text came from, for labels: a path, "--string", "--sample N"
-    source_n_chars: int  # the source's length before max_chars
+    source_n_chars: int | None  # the source's length before max_chars (None: not read to its end)
     checkpoint: str  # for labels; "" if unknown
     config: ModelConfig
     vocab: Vocab

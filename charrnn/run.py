@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
-from charrnn.corpus_files import LoadedCorpus, load_corpus
-from charrnn.data import Corpus, Vocab, default_corpus_path, read_text
+from charrnn.corpus import LoadedCorpus, load_corpus
+from charrnn.data import Corpus, Vocab
 from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError, option
 from charrnn.fsio import check_writable
@@ -44,7 +44,6 @@ from charrnn.options import (
 from charrnn.threads import set_threads
 from charrnn.trainer import Callback, TrainConfig, Trainer, TrainResult
 
-EMBEDDED_NAME = "tinyshakespeare (embedded)"
 SAMPLE_TEMPERATURE = 0.8  # of the closing sample
 
 
@@ -83,11 +82,9 @@ def checkpoint_corpus(
 
 def read_corpus(text, *, encoding="utf-8", separator="\n", vocab=None, cache_dir=None, exclude=()):
     """``text`` (a file, folder, glob, or None for the embedded corpus) encoded, and how it was read."""
-    if text is None:
-        return Corpus.from_text(read_text(default_corpus_path()), EMBEDDED_NAME, vocab), None
     loaded = load_corpus(text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir,
                          exclude=exclude)
-    return loaded.corpus, loaded
+    return loaded.corpus, (loaded if text is not None else None)
 
 
 def ckpt_vocab(ckpt: ckpt_io.Checkpoint) -> Vocab:

@@ -8,8 +8,8 @@ from typing import Iterator
 
 import torch
 
-from charrnn.data import Vocab, describe_chars
-from charrnn.errors import ConfigError, DataError, option
+from charrnn.data import Vocab
+from charrnn.errors import ConfigError, option
 from charrnn.model import CharRNN
 from charrnn.inference import StepModel
 
@@ -81,12 +81,7 @@ def check_options(vocab_size: int, length: int, temperature: float, top_k: int |
 
 def prime_ids(vocab: Vocab, prime: str) -> list[int]:
     """Encode the priming text; DataError naming every character the model has never seen."""
-    unknown = vocab.missing(prime)
-    if unknown:
-        raise DataError(
-            f"{option('prime')} has {len(unknown)} character(s) not in the model's vocabulary: "
-            f"{describe_chars(unknown)}; remove them (`charrnn inspect` lists the vocabulary)"
-        )
+    vocab.check(prime, option("prime"))
     return [vocab.chars.index(ch) for ch in prime]
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from charrnn.data import Vocab, describe_chars
+from charrnn.data import Vocab
 from charrnn.errors import ConfigError, DataError, option
 from charrnn.inference import LayerInternals, StepModel
 from charrnn.model import CharRNN, ModelConfig
@@ -106,12 +106,7 @@ def encode_text(vocab: Vocab, text: str, source: str) -> np.ndarray:
     """text -> (N,) int64 ids; DataError (naming ``source``) for empty text or unknown characters."""
     if not text:
         raise DataError(f"{source}: the text is empty; pass some text to run the model over")
-    unknown = vocab.missing(text)
-    if unknown:
-        raise DataError(
-            f"{source}: {len(unknown)} character(s) are not in the model's vocabulary: {describe_chars(unknown)}; "
-            "remove them from the text (`charrnn inspect CHECKPOINT` lists the vocabulary)"
-        )
+    vocab.check(text, source)
     return vocab.encode(text).astype(np.int64)
 
 

@@ -126,7 +126,7 @@ def test_errors_speak_the_librarys_names(trained_run):
         model.sample(5, top_k=10_000)
     with pytest.raises(charrnn.ConfigError, match=r"use argmax=True"):
         model.sample(5, temperature=0)
-    with pytest.raises(charrnn.DataError, match=r"^prime has 1 character"):
+    with pytest.raises(charrnn.DataError, match=r"^prime: 1 character"):
         model.sample(5, prime="@")
     with pytest.raises(charrnn.CheckpointError):
         charrnn.load(out / "missing.pt")

@@ -124,7 +124,7 @@ def test_init_from_with_uncovered_vocabulary_lists_missing(runner, trained_run, 
     new = tmp_path / "new.txt"
     new.write_text("KING:\nzzz jjj\n" * 500)
     result = invoke(runner, "train", new, "--init-from", out / "best.pt", "--out-dir", tmp_path / "o")
-    one_line_error(result, 1, r"not in the checkpoint's vocabulary: 'j', 'z'")
+    one_line_error(result, 1, r"new.txt: 2 character\(s\) are not in the model's vocabulary: 'j', 'z'")
 
 
 def test_refuses_to_overwrite_another_run(runner, trained_run):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from charrnn.data import Batches, Corpus, Vocab, decode_text, escape_char, read_text, split
-from charrnn.errors import ConfigError, DataError
+from charrnn.data import Batches, Corpus, Vocab, escape_char, split
+from charrnn.errors import ConfigError, DataError, cli_names
 
 
 def test_vocab_is_sorted_code_points_and_round_trips_astral_characters():
@@ -21,6 +21,25 @@ def test_encode_names_unknown_characters():
     assert vocab.missing("xabcy") == ["x", "y"]
 
 
+def test_check_is_the_one_not_in_vocabulary_error():
+    vocab = Vocab("ab")
+    vocab.check("abba", "t.txt")  # nothing to say
+    with pytest.raises(DataError) as caught:
+        vocab.check("a\tzbz\n", "t.txt")
+    message = str(caught.value)
+    assert message.startswith("t.txt: 3 character(s) are not in the model's vocabulary: '\\t', '\\n', 'z'; remove them")
+    assert "charrnn inspect CHECKPOINT" in message and "\n" not in message  # one line
+
+
+@pytest.mark.parametrize("chars", ["ba", "aab", "", 5])
+def test_vocab_refuses_what_is_not_a_sorted_set_even_under_python_O(chars):
+    if chars == "":
+        assert len(Vocab(chars)) == 0  # empty is sorted and unique
+        return
+    with pytest.raises(ValueError, match="sorted string of distinct characters"):
+        Vocab(chars)
+
+
 def test_index_dtype_grows_with_vocabulary():
     small = Vocab.from_text("ab")
     big = Vocab("".join(chr(0x4E00 + i) for i in range(300)))
@@ -32,6 +51,8 @@ def test_split_is_contiguous_with_validation_last():
     ids = np.arange(100)
     train, val = split(ids, 0.1)
     assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
+    with pytest.raises(ConfigError, match=r"^val_frac must be in \[0, 1\)"):
+        split(ids, 1.0)
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
@@ -62,48 +83,14 @@ def test_batches_carry_state_line_up_with_next_batch(world_size):
 
 
 def test_batches_too_short_says_how_short_and_what_to_change():
-    with pytest.raises(DataError, match=r"need at least 3,201.*--batch-size / --seq-len"):
+    with pytest.raises(DataError, match=r"need at least 3,201.*a smaller batch_size / seq_len"):
+        Batches(np.zeros(500, dtype=np.int64), batch_size=32, seq_len=100)
+    with cli_names(), pytest.raises(DataError, match=r"a smaller --batch-size / --seq-len"):
         Batches(np.zeros(500, dtype=np.int64), batch_size=32, seq_len=100)
 
 
-def test_read_text_keeps_crlf_and_drops_bom(tmp_path):
-    path = tmp_path / "a.txt"
-    path.write_bytes("\ufeffline one\r\nline two\r\n".encode("utf-8"))
-    assert read_text(path) == "line one\r\nline two\r\n"
-
-
-@pytest.mark.parametrize(
-    "raw, message",
-    [
-        (b"", "empty"),
-        (b"\x00\x01\x02binary", "binary"),
-        ("caf\u00e9".encode("latin-1"), "--encoding latin-1"),
-        (b"\xef\xbb\xbf", "no text"),
-    ],
-)
-def test_decode_errors_name_the_problem(raw, message):
-    with pytest.raises(DataError, match=message):
-        decode_text(raw, "f.txt")
-
-
-def test_latin1_reads_with_encoding():
-    assert decode_text("caf\u00e9".encode("latin-1"), "f", "latin-1") == "café"
-
-
-def test_unknown_encoding_is_a_config_error():
-    with pytest.raises(ConfigError, match="--encoding"):
-        decode_text(b"abc", "f", "no-such-codec")
-
-
-def test_read_text_missing_and_directory(tmp_path):
-    with pytest.raises(DataError, match="no such file"):
-        read_text(tmp_path / "nope.txt")
-    with pytest.raises(DataError, match="is a directory"):
-        read_text(tmp_path)
-
-
 def test_corpus_with_fixed_vocab_lists_missing_characters():
-    with pytest.raises(DataError, match=r"not in the checkpoint's vocabulary: 'x'"):
+    with pytest.raises(DataError, match=r"^t.txt: 1 character\(s\) are not in the model's vocabulary: 'x'"):
         Corpus.from_text("abx", "t.txt", Vocab("ab"))
 
 

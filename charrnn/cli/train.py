@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from charrnn import distributed
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Duration, UserError, format_duration, stderr_console
-from charrnn.corpus_files import describe_skipped
+from charrnn.corpus import describe_skipped
 from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError
 from charrnn.loss import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
@@ -268,7 +268,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
         if loaded is not None:
             cached = {"hit": f"cached corpus reused from {loaded.cache_file}",
                       "built": f"corpus encoded into {loaded.cache_file}", "off": "not cached"}
-            console.print(f"[dim]{loaded.files:,} file(s), {cached[loaded.cache]}")
+            console.print(f"[dim]{loaded.n_files:,} file(s), {cached[loaded.cache]}")
     try:
         result = run.execute(signals=(signal.SIGINT, signal.SIGTERM))
     finally:

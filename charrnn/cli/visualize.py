@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+import dataclasses
 from pathlib import Path
 
 import click
@@ -28,7 +29,8 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import colours
 from charrnn import visualize as viz
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, UserError, echo_json, stderr_console
-from charrnn.data import Vocab, escape_char, read_text
+from charrnn.corpus import read_text
+from charrnn.data import Vocab, escape_char
 from charrnn.devices import resolve_device
 from charrnn.errors import OutputError
 from charrnn.features import feature_window
@@ -44,7 +46,8 @@ GATE_CELL_DEPRECATED = "--what gate:cell is deprecated and will be removed; use 
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINT)
-@click.option("--text", "text_path", type=click.Path(path_type=Path), help="Run the model over this text file.")
+@click.option("--text", "text_path", type=click.Path(path_type=Path),
+              help="Run the model over this text: a file, a folder or a quoted glob, as for `charrnn train`.")
 @click.option("--string", "string", metavar="TEXT", help="Run the model over this literal text.")
 @click.option("--sample", "sample_length", type=click.IntRange(min=1), metavar="N",
               help="Run the model over N characters it generates itself.")
@@ -109,14 +112,19 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
     model = ckpt.build_model(resolve_device(device))
 
     # 2. The text, then 3. the runs over it.
-    text, source = _read_source(text_path, string, sample_length, model, vocab, seed, temperature)
+    text, source = _read_source(text_path, string, sample_length, model, vocab, seed, temperature, max_chars)
     n_chars = min(len(text), max_chars)
     start, end = _parse_range(span, n_chars)
+    # A --text is read no further than max_chars + 1 characters: its full length is then unknown.
+    length_known = text_path is None or len(text) <= n_chars
     if len(text) > n_chars:
-        err.print(f"[dim]using the first {n_chars:,} of {len(text):,} characters; raise --max-chars to see more")
+        of = f"{len(text):,} characters" if length_known else "a longer text"
+        err.print(f"[dim]using the first {n_chars:,} of {of}; raise --max-chars to see more")
     with _progress(err, n_chars) as progress:
         rec = record(model, vocab, text, what=what, units=units, layer=layer, find=feature, top=top, gates=gates,
                      max_chars=max_chars, source=source, checkpoint=str(checkpoint), progress=progress)
+    if not length_known:
+        rec = dataclasses.replace(rec, source_n_chars=None)
     err.print(f"[dim]{source}: {n_chars:,} characters, {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size}"
               + (f"; {rec.mean_bits:.3f} bits/char" if n_chars > 1 else ""))
 
@@ -145,14 +153,15 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
 # -- input -------------------------------------------------------------------------------------
 
 
-def _read_source(text_path, string, sample_length, model, vocab, seed, temperature) -> tuple[str, str]:
+def _read_source(text_path, string, sample_length, model, vocab, seed, temperature, max_chars) -> tuple[str, str]:
+    """The text and what to call it; a --text only to max_chars + 1 characters (enough to tell it was cut)."""
     given = [name for name, value in (("--text", text_path), ("--string", string), ("--sample", sample_length))
              if value is not None]
     if len(given) != 1:
         what = "none" if not given else " and ".join(given)
         raise UserError(f"pass exactly one of --text FILE, --string TEXT or --sample N (got {what})")
     if text_path is not None:
-        return read_text(text_path), str(text_path)
+        return read_text(text_path, max_chars=max_chars + 1), str(text_path)
     if string is not None:
         return string, "--string"
     steps = generate(model, vocab, length=sample_length, temperature=temperature, seed=seed)

@@ -1,23 +1,27 @@
-"""Corpora from disk: folders and globs, skipped files, streamed encoding, and the encoded cache."""
+"""Reading text: what TEXT names, the streaming reader's checks, streamed encoding, read_text, and the
+embedded corpus as one more input."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from charrnn import corpus_files
+from charrnn import checkpoint as ckpt_io
+from charrnn import corpus, reader
 from charrnn.cli import cli
-from charrnn.corpus_files import CACHEDIR_TAG, load_corpus, resolve_inputs
-from charrnn.data import Batches, Corpus, Vocab, read_text, split
-from charrnn.errors import DataError, OutputError
+from charrnn.corpus import EMBEDDED_NAME, default_corpus_path, describe_skipped, load_corpus, read_text, resolve_inputs
+from charrnn.corpus_cache import CACHEDIR_TAG
+from charrnn.data import Batches, Corpus, Vocab, split
+from charrnn.errors import ConfigError, DataError, cli_names
 from charrnn.loss import eval_subset, evaluate
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.trainer import Callback, TrainConfig, Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, make_text
+from charrnn.trainer import TrainConfig, Trainer
+from conftest import TINY_MODEL, TINY_TRAIN, Losses, make_text
 
 # 1-, 2-, 3- and 4-byte UTF-8 characters, CRLF, and a character that is its own escape.
 MIXED = "plain ascii\r\nçà et là — “quoted” 日本語 😀🎭 \\ end\n"
@@ -44,15 +48,19 @@ def tree(tmp_path):
     return src
 
 
-def expected(paths: list[Path], separator: str) -> str:
-    return separator.join(read_text(p) for p in paths)
+ORDER = ("a.txt", "b/c/three.txt", "b/two.txt")  # the usable files of ``tree``, in sorted path order
+
+
+def expected(root: Path, separator: str, names=ORDER) -> str:
+    """The joined text, decoded here without charrnn's reader: UTF-8, a leading BOM dropped."""
+    return separator.join((root / n).read_bytes().decode("utf-8").removeprefix("\ufeff") for n in names)
 
 
 def assert_same_corpus(got: Corpus, text: str) -> None:
     ref = Corpus.from_text(text, "ref")
     assert got.vocab == ref.vocab
     assert np.array_equal(np.asarray(got.ids), ref.ids) and got.ids.dtype == ref.ids.dtype
-    assert got.sha256 == ref.sha256
+    assert got.sha256 == ref.sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # -- what TEXT names ------------------------------------------------------------------------------
@@ -60,19 +68,17 @@ def assert_same_corpus(got: Corpus, text: str) -> None:
 
 def test_folder_joins_files_in_sorted_order_with_the_separator_and_skips_binaries(tree):
     loaded = load_corpus(tree, separator="<|>")
-    order = [tree / "a.txt", tree / "b" / "c" / "three.txt", tree / "b" / "two.txt"]
-    assert_same_corpus(loaded.corpus, expected(order, "<|>"))
-    assert loaded.files == 3 and loaded.cache == "off"
+    assert_same_corpus(loaded.corpus, expected(tree, "<|>"))
+    assert loaded.n_files == 3 and loaded.cache == "off"
     assert sorted((Path(s.path).name, s.reason) for s in loaded.skipped) == [
         ("empty.txt", "empty"), ("latin1.txt", "not utf-8"), ("logo.png", "binary")]
     assert loaded.corpus.path == str(tree.resolve()) and loaded.corpus.separator == "<|>"
-    assert "3 file(s) skipped: " in corpus_files.describe_skipped(loaded.skipped)
+    assert "3 file(s) skipped: " in describe_skipped(loaded.skipped)
 
 
 def test_glob_selects_files_recursively_in_sorted_order(tree):
     loaded = load_corpus(str(tree / "**" / "*.txt"), separator="\n")
-    order = [tree / "a.txt", tree / "b" / "c" / "three.txt", tree / "b" / "two.txt"]
-    assert_same_corpus(loaded.corpus, expected(order, "\n"))
+    assert_same_corpus(loaded.corpus, expected(tree, "\n"))
     assert [Path(s.path).name for s in loaded.skipped] == ["empty.txt", "latin1.txt"]  # .hidden.txt never matched
 
 
@@ -86,7 +92,7 @@ def test_encoding_applies_to_every_file(tmp_path):
 def test_one_explicit_file_keeps_strict_errors(tree):
     with pytest.raises(DataError, match="binary"):
         load_corpus(tree / "b" / "logo.png")
-    with pytest.raises(DataError, match=r"not valid utf-8 \(byte 0xe9 at offset 1\).*--encoding latin-1"):
+    with pytest.raises(DataError, match=r"not valid utf-8 \(byte 0xe9 at offset 1\).*encoding='latin-1'"):
         load_corpus(tree / "latin1.txt")
     with pytest.raises(DataError, match="empty"):
         load_corpus(tree / "empty.txt")
@@ -103,6 +109,8 @@ def test_nothing_usable_is_an_error_that_says_so(tmp_path, make, message):
         target, message = target.parent, r"no usable text files \(1 file\(s\) skipped: 1 binary"
     with pytest.raises(DataError, match=message):
         load_corpus(target)
+    with pytest.raises(DataError, match=message):
+        read_text(target)
 
 
 def test_output_folders_inside_the_input_are_left_out(tmp_path):
@@ -122,7 +130,7 @@ def test_output_folders_inside_the_input_are_left_out(tmp_path):
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 7, 4096])
 def test_streamed_encoding_equals_encoding_the_whole_text(tmp_path, chunk_size):
     text = MIXED * 50
-    path = write(tmp_path / "t.txt", "\ufeff" + text)  # the BOM is dropped, as read_text does
+    path = write(tmp_path / "t.txt", "\ufeff" + text)  # the BOM is dropped
     loaded = load_corpus(path, chunk_size=chunk_size)
     assert_same_corpus(loaded.corpus, text)
     assert np.array_equal(loaded.corpus.ids, Vocab.from_text(text).encode(text))
@@ -142,135 +150,97 @@ def test_a_fixed_vocabulary_is_used_and_checked(tmp_path):
     vocab = Vocab("abcdef")
     loaded = load_corpus(path, vocab=vocab)
     assert loaded.corpus.vocab == vocab and loaded.corpus.ids.tolist() == [0, 1, 2, 0, 1]
-    with pytest.raises(DataError, match=r"not in the checkpoint's vocabulary: 'c'"):
+    with pytest.raises(DataError, match=r"^t.txt: 1 character\(s\) are not in the model's vocabulary: 'c'"):
         load_corpus(path, vocab=Vocab("ab"))
 
 
-# -- the cache ---------------------------------------------------------------------------------------
+# -- read_text: the same reader, the text as a string --------------------------------------------
 
 
-def build_count(monkeypatch) -> dict:
-    """Count pass-2 encodes: a cache hit does none."""
-    calls = {"n": 0}
-    real = corpus_files._encode
-
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(corpus_files, "_encode", counting)
-    return calls
+def test_read_text_keeps_crlf_and_drops_bom(tmp_path):
+    path = write(tmp_path / "a.txt", "\ufeffline one\r\nline two\r\n")
+    assert read_text(path) == "line one\r\nline two\r\n"
 
 
-def test_cache_is_reused_when_nothing_changed(tree, tmp_path, monkeypatch):
-    builds = build_count(monkeypatch)
-    cache = tmp_path / "cache"
-    first = load_corpus(tree, cache_dir=cache)
-    mtime = first.cache_file.stat().st_mtime_ns
-    second = load_corpus(tree, cache_dir=cache)
-    assert (first.cache, second.cache, builds["n"]) == ("built", "hit", 1)
-    assert isinstance(second.corpus.ids, np.memmap) and second.cache_file.stat().st_mtime_ns == mtime
-    assert np.array_equal(first.corpus.ids, second.corpus.ids) and second.corpus.sha256 == first.corpus.sha256
-    assert second.skipped == first.skipped and second.files == 3
-    assert (cache / CACHEDIR_TAG).exists()
+@pytest.mark.parametrize("raw, message", [
+    (b"", "f.txt: the file is empty"),
+    (b"\x00\x01\x02binary", "f.txt: looks like a binary file"),
+    (b"\xff\xfea\x00b\x00", r"looks like UTF-16: pass encoding='utf-16'"),
+    ("caf\u00e9".encode("latin-1"), r"f.txt: is not valid utf-8 \(byte 0xe9 at offset 3\).*encoding='latin-1'"),
+    (b"\xef\xbb\xbf", "f.txt: the file holds no text"),
+])
+def test_read_text_errors_name_the_problem_in_one_line(tmp_path, raw, message):
+    path = write(tmp_path / "f.txt", raw)
+    with pytest.raises(DataError, match=message) as caught:
+        read_text(path)
+    assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("change", ["grow", "same_size_new_mtime", "add_file", "remove_file", "skipped_file_fixed"])
-def test_cache_is_rebuilt_when_an_input_changes(tree, tmp_path, monkeypatch, change):
-    builds = build_count(monkeypatch)
-    cache = tmp_path / "cache"
-    first = load_corpus(tree, cache_dir=cache)
-    target = tree / "b" / "two.txt"
-    if change == "grow":
-        target.write_text("second file, longer\n")
-    elif change == "same_size_new_mtime":
-        before = target.stat()
-        target.write_text("SECOND FILE\n")  # the same size
-        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
-        assert target.stat().st_size == before.st_size
-    elif change == "add_file":
-        write(tree / "b" / "four.txt", "fourth\n")
-    elif change == "remove_file":
-        target.unlink()
-    else:
-        write(tree / "latin1.txt", "déjà".encode("utf-8"))
-    second = load_corpus(tree, cache_dir=cache)
-    assert (second.cache, builds["n"]) == ("built", 2)
-    assert second.corpus.sha256 != first.corpus.sha256
-    assert not first.cache_file.exists(), "the superseded ids file is removed"
-    assert load_corpus(tree, cache_dir=cache).cache == "hit"
+def test_messages_name_options_as_the_caller_spells_them(tmp_path):
+    latin1 = write(tmp_path / "f.txt", "caf\u00e9".encode("latin-1"))
+    with cli_names(), pytest.raises(DataError, match=r"pass it with --encoding, e\.g\. --encoding latin-1"):
+        read_text(latin1)
+    with cli_names(), pytest.raises(ConfigError, match=r"^unknown --encoding 'no-such-codec'"):
+        read_text(latin1, encoding="no-such-codec")
+    with pytest.raises(ConfigError, match=r"^unknown encoding 'no-such-codec'"):
+        load_corpus(latin1, encoding="no-such-codec")
 
 
-def test_a_build_interrupted_between_write_and_rename_is_never_trusted(tree, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    load_corpus(tree, cache_dir=cache)
-    (tree / "a.txt").write_text("changed\n")
-    real_replace = os.replace
-
-    def crash(src, dst):  # dies after the ids are written, before they are renamed into place
-        if str(dst).endswith(".npy"):
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(corpus_files.os, "replace", crash)
-    with pytest.raises(OutputError, match=r"corpus cache .*--no-cache"):
-        load_corpus(tree, cache_dir=cache)
-    monkeypatch.setattr(corpus_files.os, "replace", real_replace)
-    assert not list(cache.glob(".*.tmp")), "the temp file is removed"
-    again = load_corpus(tree, cache_dir=cache)
-    assert again.cache == "built" and read_text(tree / "a.txt") in again.corpus.vocab.decode(again.corpus.ids)
+def test_read_text_in_another_encoding(tmp_path):
+    assert read_text(write(tmp_path / "f", "caf\u00e9".encode("latin-1")), encoding="latin-1") == "café"
 
 
-def test_a_build_killed_before_its_manifest_is_written_leaves_the_old_entry_untrusted(tree, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    load_corpus(tree, cache_dir=cache)
-    (tree / "a.txt").write_text("changed, and longer than before\n")
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # the new ids file is in place, the manifest still describes the old files
-
-    monkeypatch.setattr(corpus_files._Cache, "commit", killed)
-    with pytest.raises(KeyboardInterrupt):
-        load_corpus(tree, cache_dir=cache)
-    monkeypatch.undo()
-    assert load_corpus(tree, cache_dir=cache).cache == "built"
+def test_read_text_takes_folders_and_globs_and_agrees_with_load_corpus(tree):
+    for inputs in (tree, str(tree / "**" / "*.txt")):
+        text = read_text(inputs, separator="<|>")
+        assert text == expected(tree, "<|>")
+        assert Corpus.from_text(text, "t").sha256 == load_corpus(inputs, separator="<|>").corpus.sha256
 
 
-@pytest.mark.parametrize("damage", ["manifest", "ids"])
-def test_a_damaged_cache_is_rebuilt(tree, tmp_path, damage):
-    cache = tmp_path / "cache"
-    first = load_corpus(tree, cache_dir=cache)
-    before = np.array(first.corpus.ids)  # a copy: the mapping would see the damage
-    if damage == "manifest":
-        manifest = next(cache.glob("*.json"))
-        manifest.write_text(manifest.read_text()[:50])
-    else:
-        with open(first.cache_file, "r+b") as fh:
-            fh.truncate(first.cache_file.stat().st_size - 3)
-    again = load_corpus(tree, cache_dir=cache)
-    assert again.cache == "built" and np.array_equal(again.corpus.ids, before)
+@pytest.mark.parametrize("max_chars", [1, 5, 11, 12, 26, 30, 10_000])
+def test_read_text_stops_at_max_chars(tree, max_chars):
+    whole = read_text(tree, separator="<|>")
+    assert read_text(tree, separator="<|>", max_chars=max_chars) == whole[:max_chars]
 
 
-def test_an_edited_file_list_in_the_manifest_is_not_trusted(tree, tmp_path):
-    cache = tmp_path / "cache"
-    load_corpus(tree, cache_dir=cache)
-    manifest_path = next(cache.glob("*.json"))
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files_sha256"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
-    assert load_corpus(tree, cache_dir=cache).cache == "built"
+def test_read_text_max_chars_reads_no_further_than_it_needs(tmp_path, monkeypatch):
+    path = write(tmp_path / "big.txt", "x" * 5000)
+    reads = []
+
+    class SmallChunks(reader.Reader):
+        def __init__(self, encoding):
+            super().__init__(encoding, chunk_size=100)
+
+        def pieces(self, *args):
+            for piece in super().pieces(*args):
+                reads.append(piece)
+                yield piece
+
+    monkeypatch.setattr(corpus, "Reader", SmallChunks)
+    assert read_text(path, max_chars=250) == "x" * 250
+    assert len(reads) == 3  # 100-byte chunks: three hold 250 characters; the other 47 are never read
 
 
-def test_cache_entries_depend_on_separator_and_vocabulary(tree, tmp_path):
-    cache = tmp_path / "cache"
-    own = load_corpus(tree, cache_dir=cache)
-    assert load_corpus(tree, cache_dir=cache, separator="\n\n").cache == "built"  # another entry
-    assert load_corpus(tree, cache_dir=cache, vocab=own.corpus.vocab).cache == "hit"
-    wider = Vocab("".join(sorted(set(own.corpus.vocab.chars) | set("XYZ"))))
-    refit = load_corpus(tree, cache_dir=cache, vocab=wider)
-    assert refit.cache == "built" and refit.corpus.vocab == wider
-    with pytest.raises(DataError, match="not in the checkpoint's vocabulary"):
-        load_corpus(tree, cache_dir=cache, vocab=Vocab("abc"))  # said from the manifest, no re-read
+def test_read_text_missing(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        read_text(tmp_path / "nope.txt")
+    with pytest.raises(DataError, match="the folder holds no files"):
+        read_text(tmp_path)
+
+
+# -- the embedded corpus is one more input -------------------------------------------------------
+
+
+def test_the_embedded_corpus_reads_through_the_same_reader(tmp_path):
+    loaded = load_corpus(None, encoding="latin-1", cache_dir=tmp_path / "cache")  # UTF-8, never cached
+    raw = default_corpus_path().read_bytes().decode("utf-8")
+    assert loaded.corpus.name == EMBEDDED_NAME == resolve_inputs(None).name
+    assert loaded.corpus.path is None and loaded.corpus.separator is None  # what checkpoints record
+    assert loaded.cache == "off" and loaded.n_files == 1 and not (tmp_path / "cache").exists()
+    assert_same_corpus(loaded.corpus, raw)
+    assert read_text(None) == raw and read_text(None, max_chars=10) == raw[:10]
+    with pytest.raises(DataError, match=r"^tinyshakespeare \(embedded\): 1 character\(s\) are not in the model's"):
+        load_corpus(None, vocab=Vocab(loaded.corpus.vocab.chars.replace("z", "")))
 
 
 # -- a memory-mapped corpus in the rest of charrnn -------------------------------------------------
@@ -281,28 +251,21 @@ def test_memmapped_corpus_trains_and_evaluates_like_one_in_memory(tmp_path):
     mapped = load_corpus(path, cache_dir=tmp_path / "cache")
     mapped = load_corpus(path, cache_dir=tmp_path / "cache")  # the hit: a read-only np.memmap
     assert mapped.cache == "hit" and isinstance(mapped.corpus.ids, np.memmap)
-    in_memory = Corpus.from_text(read_text(path), "t.txt")
+    in_memory = Corpus.from_text(path.read_text(encoding="utf-8"), "t.txt")
     train, val = split(mapped.corpus.ids, 0.1)
     x, y = Batches(train, 4, 16)[3]
     assert x.dtype == np.int64 and np.array_equal(x, Batches(split(in_memory.ids, 0.1)[0], 4, 16)[3][0])
     model = CharRNN(ModelConfig(vocab_size=len(in_memory.vocab), num_layers=1, hidden_size=16, embedding_size=8))
-    assert evaluate(model, val, batch_size=4, seq_len=32) == evaluate(model, split(in_memory.ids, 0.1)[1], batch_size=4, seq_len=32)
-
-    class Losses(Callback):
-        def __init__(self):
-            self.losses = []
-
-        def on_step(self, info):
-            self.losses.append(info.loss)
-
+    in_memory_val = split(in_memory.ids, 0.1)[1]
+    assert evaluate(model, val, batch_size=4, seq_len=32) == evaluate(model, in_memory_val, batch_size=4, seq_len=32)
     runs = []
-    for name, corpus in (("mapped", mapped.corpus), ("memory", in_memory)):
+    for name, corpus_ in (("mapped", mapped.corpus), ("memory", in_memory)):
         rec = Losses()
-        mc = ModelConfig(vocab_size=len(corpus.vocab), num_layers=1, hidden_size=16, embedding_size=8)
-        Trainer(mc, TrainConfig(batch_size=4, seq_len=16, max_steps=5, eval_every=5), corpus, tmp_path / name,
+        mc = ModelConfig(vocab_size=len(corpus_.vocab), num_layers=1, hidden_size=16, embedding_size=8)
+        Trainer(mc, TrainConfig(batch_size=4, seq_len=16, max_steps=5, eval_every=5), corpus_, tmp_path / name,
                 callback=rec).run()
-        runs.append(rec.losses)
-    assert runs[0] == runs[1]
+        runs.append(rec.values)
+    assert len(runs[0]) == 5 and runs[0] == runs[1]
 
 
 def test_eval_subset_is_a_seeded_spread_of_windows():
@@ -327,12 +290,11 @@ def test_cli_trains_on_a_folder_reports_skips_and_reuses_its_cache(runner, tree,
     assert first.exit_code == 0, first.stderr
     assert "3 file(s) skipped: 1 binary, 1 empty, 1 not utf-8; e.g." in first.stderr
     assert "corpus encoded into" in first.stderr and (tmp_path / "one" / "cache" / CACHEDIR_TAG).exists()
-    second = runner.invoke(cli, [*args, "--out-dir", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "one" / "cache")])
+    shared_cache = str(tmp_path / "one" / "cache")
+    second = runner.invoke(cli, [*args, "--out-dir", str(tmp_path / "two"), "--cache-dir", shared_cache])
     assert second.exit_code == 0 and "cached corpus reused" in second.stderr
     third = runner.invoke(cli, [*args, "--out-dir", str(tmp_path / "three"), "--no-cache", "-q"])
     assert third.exit_code == 0 and not (tmp_path / "three" / "cache").exists()
-    from charrnn import checkpoint as ckpt_io
-
     saved = ckpt_io.load(tmp_path / "one" / "last.pt")
     assert saved.corpus["separator"] == "\n\n" and saved.train_config["eval_chars"] == 100
     assert saved.corpus["sha256"] == ckpt_io.load(tmp_path / "three" / "last.pt").corpus["sha256"]
@@ -343,3 +305,22 @@ def test_cli_trains_on_a_folder_reports_skips_and_reuses_its_cache(runner, tree,
 def test_cli_rejects_an_unknown_separator_escape(runner, tree, tmp_path):
     result = runner.invoke(cli, ["train", str(tree), "--separator", r"\q", "--out-dir", str(tmp_path / "o")])
     assert result.exit_code == 2 and "unknown escape" in result.stderr
+
+
+def test_visualize_text_takes_a_folder_or_glob_like_train(runner, tree, tmp_path):
+    vocab = Vocab.from_text(expected(tree, "\n"))
+    torch.manual_seed(0)
+    config = ModelConfig(len(vocab), num_layers=1, hidden_size=8, embedding_size=4)
+    ckpt = ckpt_io.Checkpoint(path=None, model_config=config, vocab=vocab.chars, model=CharRNN(config).state_dict())
+    path = str(ckpt_io.save(ckpt, tmp_path / "m.pt"))
+    for inputs in (str(tree), str(tree / "**" / "*.txt")):
+        result = runner.invoke(cli, ["visualize", path, "--text", inputs, "--predictions", "--json", "--device", "cpu"])
+        assert result.exit_code == 0, result.stderr
+        shown = json.loads(result.stdout)
+        assert shown["text"] == expected(tree, "\n") and shown["source_n_chars"] == len(shown["text"])
+    cut = runner.invoke(cli, ["visualize", path, "--text", str(tree), "--predictions", "--json", "--max-chars", "20",
+                              "--device", "cpu"])
+    assert cut.exit_code == 0, cut.stderr
+    assert "using the first 20 of a longer text; raise --max-chars" in cut.stderr
+    shown = json.loads(cut.stdout)
+    assert shown["text"] == expected(tree, "\n")[:20] and shown["source_n_chars"] is None
