@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint as ckpt_io
+from charrnn.data import Vocab
 from charrnn.errors import CheckpointError, OutputError
 from charrnn.model import CharRNN, ModelConfig
 
@@ -13,7 +14,7 @@ def make_ckpt(cell="lstm") -> ckpt_io.Checkpoint:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=4, cell=cell, num_layers=2, hidden_size=8, embedding_size=4)
     model = CharRNN(cfg)
-    return ckpt_io.Checkpoint(path=None, model_config=cfg, vocab="\nabc", model=model.state_dict(),
+    return ckpt_io.Checkpoint(path=None, model_config=cfg, vocab=Vocab("\nabc"), weights=model.state_dict(),
                               progress={"step": 3}, history={"val_loss": [1.5, 1.2]}, best_val_loss=1.2)
 
 
@@ -22,11 +23,11 @@ def test_round_trip_gives_identical_outputs(tmp_path, cell):
     ckpt = make_ckpt(cell)
     path = ckpt_io.save(ckpt, tmp_path / "m.pt")
     loaded = ckpt_io.load(path)
-    assert loaded.model_config == ckpt.model_config and loaded.vocab == "\nabc"
+    assert loaded.model_config == ckpt.model_config and loaded.vocab == Vocab("\nabc")
     assert loaded.best_val_loss == 1.2 and loaded.history["val_loss"] == [1.5, 1.2]
     idx = torch.tensor([[0, 1, 2, 3, 1]])
     original = CharRNN(ckpt.model_config)
-    original.load_state_dict(ckpt.model)
+    original.load_state_dict(ckpt.weights)
     expected, _ = original.eval()(idx)
     got, _ = loaded.build_model()(idx)
     assert torch.equal(expected, got)
@@ -133,3 +134,4 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "the temporary file is cleaned up"
     ckpt_io.load(path)
+

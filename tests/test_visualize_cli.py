@@ -28,7 +28,7 @@ def ckpts(tmp_path_factory):
         torch.manual_seed(0)
         config = ModelConfig(len(vocab), cell=cell, num_layers=2, hidden_size=8, embedding_size=6)
         model = CharRNN(config)
-        ckpt = ckpt_io.Checkpoint(path=None, model_config=config, vocab=vocab.chars, model=model.state_dict())
+        ckpt = ckpt_io.Checkpoint(path=None, model_config=config, vocab=vocab.chars, weights=model.state_dict())
         paths[cell] = str(ckpt_io.save(ckpt, folder / f"{cell}.pt"))
     text = folder / "main.c"
     text.write_text(TEXT, encoding="utf-8")
@@ -88,7 +88,7 @@ def test_json_holds_the_activations_and_predictions(ckpts):
     # The same numbers as the library records.
     ckpt = ckpt_io.load(ckpts["lstm"])
     probe = viz.CellProbe(0, "h", [1, 5])
-    viz.run(ckpt.build_model(), viz.encode_text(Vocab(ckpt.vocab), TEXT, "t"), [probe])
+    viz.run(ckpt.build_model(), viz.encode_text(ckpt.vocab, TEXT, "t"), [probe])
     np.testing.assert_allclose(np.array(data["cells"][1]["values"]), probe.values[:, 1], atol=1e-4)
     predictions = data["predictions"]
     assert predictions["prob"][0] is None and predictions["top"][0] is None

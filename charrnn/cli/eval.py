@@ -9,7 +9,7 @@ import click
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
 from charrnn.corpus_files import load_corpus
-from charrnn.data import Corpus, Vocab, default_corpus_path, read_text, split
+from charrnn.data import Corpus, default_corpus_path, read_text, split
 from charrnn.errors import ConfigError
 from charrnn.loss import evaluate
 from charrnn.devices import resolve_device
@@ -31,7 +31,7 @@ def eval_cmd(checkpoint: Path, text: Path | None, batch_size, seq_len, encoding,
     is reused when it is still valid.
     """
     ckpt = ckpt_io.load(checkpoint)
-    vocab = Vocab(ckpt.vocab)
+    vocab = ckpt.vocab
     if text is None:
         corpus_path = ckpt.corpus.get("path") or str(default_corpus_path())
         if ckpt.corpus.get("path"):

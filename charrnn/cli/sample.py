@@ -10,7 +10,6 @@ import click
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, echo_json, set_threads
-from charrnn.data import Vocab
 from charrnn.sample import generate
 from charrnn.threads import sampling_threads, torch_threads
 from charrnn.devices import resolve_device
@@ -55,7 +54,7 @@ def sample(checkpoint: Path, length, temperature, prime, argmax, top_k, seed, nu
     ckpt = ckpt_io.load(checkpoint)
     torch_device = resolve_device(device)
     model = ckpt.build_model(torch_device)
-    vocab = Vocab(ckpt.vocab)
+    vocab = ckpt.vocab
     # One CPU stream: torch on one thread, the step's products on numpy's BLAS threads (charrnn.threads).
     with torch_threads(sampling_threads(num_samples, torch_device)):
         _write(checkpoint, model, vocab, length, temperature, prime, argmax, top_k, seed, num_samples, as_json)

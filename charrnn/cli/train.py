@@ -83,14 +83,14 @@ class Progress(Callback):
 
     def on_start(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.by_time = trainer.total_steps is None
+        budget = trainer.budget
+        self.by_time = budget.unit == "s"
         if self.quiet:
             return
-        total = trainer.config.max_time if self.by_time else trainer.total_steps
         self.bar = tqdm(
-            total=round(total),
-            initial=round(trainer.elapsed) if self.by_time else trainer.step,
-            unit="s" if self.by_time else "step",
+            total=round(budget.total),
+            initial=round(budget.position(trainer.state.step, trainer.state.elapsed)),
+            unit=budget.unit,
             file=sys.stderr,
             dynamic_ncols=True,
             mininterval=0.5,
@@ -323,7 +323,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     elif init_from is not None:
         source = ckpt_io.load(init_from)
         _check_architecture(ctx, source, "fine-tune", model_values)
-    vocab = Vocab(source.vocab) if source is not None else None
+    vocab = source.vocab if source is not None else None
     # 2. Before any real work: the out dir must be writable, and another run's checkpoints are never
     #    overwritten by accident. --resume continues in the checkpoint's folder unless told otherwise.
     if resume is not None and not _given(ctx, "out_dir"):
@@ -371,9 +371,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
         init_from=source if init_from is not None else None,
         resume=source if resume is not None else None,
         callback=None,
-        rank=session.rank,
-        world_size=session.world_size,
-        wrap_model=(lambda module: distributed.wrap(module, torch_device)) if session.active else None,
+        session=session,
     )
     params = trainer.model.num_parameters()
     if not quiet:
@@ -381,7 +379,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
             f"[bold]charrnn train[/] {corpus.name}: {len(corpus):,} chars, vocab {len(corpus.vocab)}, "
             f"{model_config.cell.upper()} {model_config.num_layers}x{model_config.hidden_size} "
             f"({params:,} parameters) on {torch_device}; {len(trainer.batches)} steps/epoch"
-            + (f"; resuming at step {trainer.step}" if resume is not None else "")
+            + (f"; resuming at step {trainer.state.step}" if resume is not None else "")
             + (f"; {session.world_size} processes, global batch {config.batch_size * session.world_size}" if session.active else "")
         )
         if loaded is not None:
@@ -418,7 +416,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, enc
     elif sample_length and result.best_path is not None and not quiet:
         best = ckpt_io.load(result.best_path)
         model = best.build_model(torch_device)
-        text_out = "".join(chs[0] for chs in generate(model, Vocab(best.vocab), length=sample_length, temperature=0.8, seed=config.seed))
+        text_out = "".join(chs[0] for chs in generate(model, best.vocab, length=sample_length, temperature=0.8, seed=config.seed))
         console.print(Panel(text_out, title=f"sample from {result.best_path} (temperature 0.8)", expand=False))
     if as_json:
         click.echo(json.dumps(summary, indent=2))

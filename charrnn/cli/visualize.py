@@ -82,7 +82,7 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
     # 1. The checkpoint, and every option checked against it before any work.
     ckpt = ckpt_io.load(checkpoint)
     cfg = ckpt.model_config
-    vocab = Vocab(ckpt.vocab)
+    vocab = ckpt.vocab
     what = viz.check_quantity(cfg.cell, what or viz.default_quantity(cfg.cell))
     chosen_layer = viz.check_layer(cfg, layer) if layer is not None else None
     cells = viz.check_cells(cfg, cells)
