@@ -1,23 +1,10 @@
 """The one checkpoint format every command shares: versioned, self-describing, safe to load.
 
 A checkpoint is a plain dict of tensors and primitives (no pickled classes), so it opens with
-``torch.load(..., weights_only=True)``: loading a stranger's file cannot run code. Keys::
-
-    format            "charrnn-checkpoint"                  FORMAT_KEY
-    version           int, FORMAT_VERSION                   VERSION_KEY
-    charrnn_version   str, torch_version str, created str (UTC ISO 8601)
-    model_config      dict, ModelConfig.to_dict()
-    vocab             str, the sorted characters
-    model             dict name -> tensor (state_dict of the uncompiled model)
-    train_config      dict of primitives (the options of the run)
-    corpus            dict: name, chars, sha256, val_frac
-    progress          dict: step, epoch, batch, elapsed, chars_seen
-    history           dict of lists: step, train_loss, val_loss, lr (one entry per evaluation)
-    best_val_loss     float or None;  last_train_loss float or None
-    resume            dict or None: optimizer, rng, carried state, grad scaler (for --resume)
-
-Saving writes a temporary file in the same folder, flushes and fsyncs it, then ``os.replace``s it
-over the target, so a crash at any moment leaves either the old or the new file, never half of one.
+``torch.load(..., weights_only=True)``: loading a stranger's file cannot run code. Every key, the
+checks ``load`` makes and how ``save`` writes atomically are described in docs/checkpoint-format.md
+(a test keeps that table and what ``save`` writes in step). What a training run puts in it, and how
+it is restored, lives in charrnn.snapshot.
 """
 
 from __future__ import annotations
