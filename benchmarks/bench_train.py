@@ -24,6 +24,7 @@ Usage: python benchmarks/bench_train.py --help
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -184,8 +185,9 @@ class CharrnnLoop:
 
     def run(self, steps: int, on_last_step=None) -> list[float]:
         """Train ``steps`` more steps in one Trainer.run(); return the time after each one."""
-        self.trainer.config.max_steps = self.trainer.total_steps = self.trainer.step + steps
-        self.timer.times, self.timer.last, self.timer.on_last_step = [], self.trainer.config.max_steps, on_last_step
+        trainer = self.trainer
+        budget = trainer.budget = dataclasses.replace(trainer.budget, max_steps=trainer.state.step + steps)
+        self.timer.times, self.timer.last, self.timer.on_last_step = [], budget.max_steps, on_last_step
         self.trainer.run()
         self.progress.close()
         return self.timer.times

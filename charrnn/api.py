@@ -90,8 +90,7 @@ class Model:
 
     @property
     def vocab(self) -> Vocab:
-        vocab = self.checkpoint.vocab
-        return vocab if isinstance(vocab, Vocab) else Vocab(vocab)
+        return self.checkpoint.vocab
 
     def __repr__(self) -> str:
         c = self.config
@@ -160,7 +159,7 @@ class Model:
         """
         if len(text) < 2:
             raise DataError(f"{option('text')} has {len(text)} character(s); scoring needs at least 2")
-        _check_chars(self.vocab, text)
+        self.vocab.check(text, option("text"))
         ids = torch.from_numpy(self.vocab.encode(text).astype(np.int64)).to(self.device)
         surprisal = np.full(len(text), np.nan)
         was_training = self.module.training
@@ -178,14 +177,6 @@ class Model:
             self.module.train(was_training)
         predicted = surprisal[1:]
         return Score(nats=float(predicted.mean() * LN2), n_chars=len(predicted), surprisal_bits=surprisal)
-
-
-def _check_chars(vocab: Vocab, text: str) -> None:
-    check = getattr(vocab, "check", None)
-    if check is not None:
-        check(text, option("text"))
-    else:
-        vocab.encode(text)  # raises DataError naming the unknown characters
 
 
 def load(path: str | Path, device: str | torch.device = "auto") -> Model:

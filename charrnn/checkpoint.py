@@ -1,23 +1,10 @@
 """The one checkpoint format every command shares: versioned, self-describing, safe to load.
 
 A checkpoint is a plain dict of tensors and primitives (no pickled classes), so it opens with
-``torch.load(..., weights_only=True)``: loading a stranger's file cannot run code. Keys::
-
-    format            "charrnn-checkpoint"                  FORMAT_KEY
-    version           int, FORMAT_VERSION                   VERSION_KEY
-    charrnn_version   str, torch_version str, created str (UTC ISO 8601)
-    model_config      dict, ModelConfig.to_dict()
-    vocab             str, the sorted characters
-    model             dict name -> tensor (state_dict of the uncompiled model)
-    train_config      dict of primitives (the options of the run)
-    corpus            dict: name, chars, sha256, val_frac
-    progress          dict: step, epoch, batch, elapsed, chars_seen
-    history           dict of lists: step, train_loss, val_loss, lr (one entry per evaluation)
-    best_val_loss     float or None;  last_train_loss float or None
-    resume            dict or None: optimizer, rng, carried state, grad scaler (for --resume)
-
-Saving writes a temporary file in the same folder, flushes and fsyncs it, then ``os.replace``s it
-over the target, so a crash at any moment leaves either the old or the new file, never half of one.
+``torch.load(..., weights_only=True)``: loading a stranger's file cannot run code. Every key, the
+checks ``load`` makes and how ``save`` writes atomically are described in docs/checkpoint-format.md
+(a test keeps that table and what ``save`` writes in step). What a training run puts in it, and how
+it is restored, lives in charrnn.snapshot.
 """
 
 from __future__ import annotations
@@ -32,7 +19,8 @@ from pathlib import Path
 import torch
 
 from charrnn import __version__
-from charrnn.errors import CheckpointError, ConfigError, OutputError
+from charrnn.data import Vocab
+from charrnn.errors import CheckpointError, ConfigError, OutputError, option
 from charrnn.fsio import replace_atomic
 from charrnn.model import CharRNN, ModelConfig, parameter_shapes
 
@@ -54,12 +42,13 @@ _REQUIRED = {
 
 @dataclass
 class Checkpoint:
-    """A loaded (and validated) checkpoint. ``model`` is the state_dict; ``build_model()`` makes the module."""
+    """A loaded (and validated) checkpoint. ``weights`` is the model's state dict (file key "model");
+    ``build_model()`` makes the module. ``vocab`` given as a string of characters becomes a Vocab."""
 
     path: Path | None
     model_config: ModelConfig
-    vocab: str
-    model: dict
+    vocab: Vocab
+    weights: dict
     train_config: dict = field(default_factory=dict)
     corpus: dict = field(default_factory=dict)
     progress: dict = field(default_factory=dict)
@@ -72,10 +61,14 @@ class Checkpoint:
     created: str = ""
     version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        if isinstance(self.vocab, str):
+            self.vocab = Vocab(self.vocab)
+
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
         """A CharRNN with this checkpoint's weights, in eval mode, on ``device``."""
         model = CharRNN(self.model_config)
-        model.load_state_dict(self.model)
+        model.load_state_dict(self.weights)
         return model.to(device).eval()
 
     def to_dict(self) -> dict:
@@ -86,8 +79,8 @@ class Checkpoint:
             "torch_version": str(torch.__version__),  # TorchVersion is a class, not plain data
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model_config": self.model_config.to_dict(),
-            "vocab": self.vocab,
-            "model": {k: v.detach().cpu() for k, v in self.model.items()},
+            "vocab": self.vocab.chars,
+            "model": {k: v.detach().cpu() for k, v in self.weights.items()},
             "train_config": dict(self.train_config),
             "corpus": dict(self.corpus),
             "progress": dict(self.progress),
@@ -115,8 +108,8 @@ def write_atomic(path: Path, payload) -> None:
         replace_atomic(path, payload)
     except OSError as exc:
         raise OutputError(
-            f"cannot write {path} ({exc.strerror or exc}); free some disk space or choose another --out-dir "
-            "(earlier checkpoints are untouched)"
+            f"cannot write {path} ({exc.strerror or exc}); free some disk space or choose another "
+            f"{option('out_dir')} (earlier checkpoints are untouched)"
         ) from None
 
 
@@ -151,9 +144,11 @@ def _check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             broken = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a valid charrnn checkpoint (not a torch archive: {_first_line(exc)})") from None
+        detail = f"not a torch archive: {_first_line(exc)}"
+        raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None
     except Exception as exc:  # zipfile can raise odd errors (struct.error, UnicodeDecodeError) on garbage
-        raise CheckpointError(f"{path}: not a valid charrnn checkpoint (damaged archive: {_first_line(exc)})") from None
+        detail = f"damaged archive: {_first_line(exc)}"
+        raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None
     if broken is not None:
         raise CheckpointError(f"{path}: not a valid charrnn checkpoint (record {broken} is damaged: checksum mismatch)")
 
@@ -163,7 +158,8 @@ def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     for line in lines:
         if "Unsupported global" in line or "Unsupported operand" in line:
-            return "it holds pickled Python objects, which charrnn refuses to load: " + line.split(":", 1)[-1].strip()[:150]
+            what = line.split(":", 1)[-1].strip()[:150]
+            return f"it holds pickled Python objects, which charrnn refuses to load: {what}"
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
@@ -206,8 +202,8 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
     return Checkpoint(
         path=path,
         model_config=config,
-        vocab=vocab,
-        model=data["model"],
+        vocab=Vocab(vocab),
+        weights=data["model"],
         train_config=data["train_config"],
         corpus=data["corpus"],
         progress=data["progress"],

@@ -14,7 +14,7 @@ The backend is NCCL when the processes train on CUDA, gloo on the CPU.
 
 Every collective is entered by every process in the same order, or all of them wait forever; the
 trainer therefore decides together whatever one process could decide alone: whether to stop
-(--max-time is measured per process; a signal may reach one process), whether a step was finite,
+(max_time is measured per process; a signal may reach one process), whether a step was finite,
 what the validation loss was. Before training starts, ``Session.agree`` makes a failure on one
 process (a missing file, a bad option) stop all of them instead of leaving the others waiting.
 """
@@ -28,21 +28,22 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from charrnn.errors import CharRNNError, ConfigError
+from charrnn.errors import ConfigError, PeerFailed, option
+
+__all__ = ["Session", "PeerFailed", "launched", "init", "local_main_first", "TIMEOUT"]
 
 # Long enough for local rank 0 to encode a large corpus while the others wait for it.
 TIMEOUT = datetime.timedelta(minutes=30)
 
 
-class PeerFailed(CharRNNError):
-    """Another process failed before training started; its own message says why."""
-
-    exit_code = 1
-
-
 @dataclass
 class Session:
-    """This process's place in the job; a single process has rank 0 of 1."""
+    """This process's place in the job, and the collectives that keep the processes in step.
+
+    A single process has rank 0 of 1 and no process group (``active`` False): then every collective
+    returns this process's own values, ``wrap`` returns the model itself, and code that trains one
+    process or several reads the same. Every process must enter each collective at the same point.
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -89,7 +90,7 @@ class Session:
         """
         if not self.active:
             return
-        values = gather(value)
+        values = self.gather(value)
         odd = [rank for rank, v in enumerate(values) if v != values[0]]
         if odd:
             raise ConfigError(
@@ -116,6 +117,55 @@ class Session:
                 dist.destroy_process_group()
             self.backend = None
 
+    # -- the collectives the trainer uses ------------------------------------------------------
+
+    def max_of(self, values: list[float]) -> list[float]:
+        """Element-wise maximum over all processes (one process: ``values``)."""
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def sum_of(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all processes (one process: ``values``)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def from_main(self, values: list[float]) -> list[float]:
+        """Rank 0's ``values``, on every process (one process: ``values``)."""
+        if not self.active:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return tensor.tolist()
+
+    def gather(self, obj) -> list:
+        """Every process's ``obj`` (picklable), in rank order, on every process (one process: ``[obj]``)."""
+        if not self.active:
+            return [obj]
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as the processes train it together: DistributedDataParallel, which averages the
+        gradients over the processes during backward (so every process applies the same update) and
+        copies rank 0's weights to all. One process: ``model`` itself."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def seed_per_rank(self, seed: int) -> None:
+        """Give each process its own random stream (dropout) after the shared initial weights: rank r
+        draws from ``seed + r``. One process keeps the stream it has, so its run is what it always was."""
+        if self.world_size > 1:
+            torch.manual_seed(seed + self.rank)
+
+    def _reduce(self, values: list[float], op) -> list[float]:
+        if not self.active:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
 
 def launched() -> bool:
     """True in a process started by torchrun (or --nproc) for a job of more than one process."""
@@ -125,7 +175,7 @@ def launched() -> bool:
 def init(device: torch.device, init_method: str | None = None) -> Session:
     """Join the job described by the environment, or return a one-process Session on ``device``.
 
-    ``device`` is what --device resolved to: on CUDA each process takes cuda:LOCAL_RANK (an explicit
+    ``device`` is what the device option resolved to: on CUDA each process takes cuda:LOCAL_RANK (an explicit
     cuda:N is refused, as the processes would share one GPU); anything else trains on the CPU with
     gloo. ``init_method`` overrides the rendezvous (tests use a file:// store).
     """
@@ -136,8 +186,8 @@ def init(device: torch.device, init_method: str | None = None) -> Session:
     if device.type == "cuda":
         if device.index is not None:
             raise ConfigError(
-                f"--device {device} picks one GPU, but under torchrun every process takes the GPU of its "
-                "LOCAL_RANK; pass --device cuda (or auto)"
+                f"{option('device', str(device))} picks one GPU, but under torchrun every process takes the "
+                f"GPU of its LOCAL_RANK; pass {option('device', 'cuda')} (or auto)"
             )
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(
@@ -150,49 +200,12 @@ def init(device: torch.device, init_method: str | None = None) -> Session:
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise ConfigError(f"--device {device.type} cannot train with several processes; use cuda or cpu")
+        raise ConfigError(
+            f"{option('device', device.type)} cannot train with several processes; use cuda or cpu"
+        )
     dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
                             timeout=TIMEOUT)
     return Session(rank, world_size, local_rank, device, backend, _settled=False)
-
-
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel around ``model``: gradients are averaged over the processes during
-    backward, so every process applies the same update. It also copies rank 0's weights to all."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-# -- the collectives the trainer uses; every process calls them at the same points --------------
-
-
-def max_of(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise maximum over all processes."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
-
-
-def sum_of(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum over all processes."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
-
-
-def from_main(values: list[float], device: torch.device) -> list[float]:
-    """Rank 0's ``values``, on every process."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.broadcast(tensor, src=0)
-    return tensor.tolist()
-
-
-def gather(obj) -> list:
-    """Every process's ``obj`` (picklable), in rank order, on every process."""
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def local_main_first(session: Session, load):

@@ -63,3 +63,7 @@ class OutputError(CharRNNError):
     """A file could not be written (unwritable folder, disk full)."""
 
     exit_code = 5
+
+
+class PeerFailed(CharRNNError):
+    """Another process of a data-parallel job failed before training started; its own message says why."""

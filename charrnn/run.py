@@ -27,7 +27,7 @@ from typing import Any, Callable
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.corpus import LoadedCorpus, load_corpus
-from charrnn.data import Corpus, Vocab
+from charrnn.data import Corpus
 from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError, option
 from charrnn.fsio import check_writable
@@ -65,7 +65,7 @@ def checkpoint_corpus(
     source = text if text is not None else recorded
     if separator is None:
         separator = ckpt.corpus.get("separator") or "\n"
-    corpus, loaded = read_corpus(source, encoding=encoding, separator=separator, vocab=ckpt_vocab(ckpt),
+    corpus, loaded = read_corpus(source, encoding=encoding, separator=separator, vocab=ckpt.vocab,
                                  cache_dir=cache_dir, exclude=exclude)
     if corpus.sha256 != ckpt.corpus.get("sha256"):
         if text is None:
@@ -85,10 +85,6 @@ def read_corpus(text, *, encoding="utf-8", separator="\n", vocab=None, cache_dir
     loaded = load_corpus(text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir,
                          exclude=exclude)
     return loaded.corpus, (loaded if text is not None else None)
-
-
-def ckpt_vocab(ckpt: ckpt_io.Checkpoint) -> Vocab:
-    return ckpt.vocab if isinstance(ckpt.vocab, Vocab) else Vocab(ckpt.vocab)
 
 
 class StopOnSignal:
@@ -222,7 +218,7 @@ class Run:
             if resume is not None:
                 return checkpoint_corpus(source, text=text, encoding=run_values["encoding"], separator=separator,
                                          cache_dir=cache_dir, exclude=exclude)
-            vocab = ckpt_vocab(source) if source is not None else None
+            vocab = source.vocab if source is not None else None
             return read_corpus(text, encoding=run_values["encoding"], separator=run_values["separator"],
                                vocab=vocab, cache_dir=cache_dir, exclude=exclude)
 
@@ -250,9 +246,7 @@ class Run:
             resume=source if resume is not None else None,
             callback=self.callback if session.is_main else Callback(),
             should_stop=self._should_stop,
-            rank=session.rank,
-            world_size=session.world_size,
-            wrap_model=(lambda module: distributed.wrap(module, session.device)) if session.active else None,
+            session=session,
         )
 
     def callback_on_signal(self, name: str) -> None:

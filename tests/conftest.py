@@ -35,14 +35,25 @@ def unigram_entropy(text: str) -> float:
     return -sum(c / n * math.log(c / n) for c in counts.values())
 
 
-class Losses(Callback):
-    """Records each training step's loss."""
+class Recorder(Callback):
+    """Records what a training run reports: each step's loss, each evaluation, each NaN skip."""
 
     def __init__(self):
-        self.values = []
+        self.losses, self.evals, self.skips = [], [], []
 
     def on_step(self, info):
-        self.values.append(info.loss)
+        self.losses.append(info.loss)
+
+    def on_eval(self, info):
+        self.evals.append(info)
+
+    def on_nan_skip(self, step, new_lr_scale):
+        self.skips.append((step, new_lr_scale))
+
+    @property
+    def vals(self) -> list[float]:
+        """The validation losses, nats/char."""
+        return [e.val.nats for e in self.evals]
 
 
 TINY_MODEL = ["--num-layers", "1", "--hidden-size", "48", "--embedding-size", "16"]

@@ -1,19 +1,27 @@
 import os
 import pickle
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from charrnn import checkpoint as ckpt_io
+from charrnn.data import Corpus, Vocab
 from charrnn.errors import CheckpointError, OutputError
 from charrnn.model import CharRNN, ModelConfig
+from charrnn.snapshot import rank_record, snapshot
+from charrnn.train_config import TrainConfig
+from charrnn.train_state import TrainState
+
+FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md"
 
 
 def make_ckpt(cell="lstm") -> ckpt_io.Checkpoint:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=4, cell=cell, num_layers=2, hidden_size=8, embedding_size=4)
     model = CharRNN(cfg)
-    return ckpt_io.Checkpoint(path=None, model_config=cfg, vocab="\nabc", model=model.state_dict(),
+    return ckpt_io.Checkpoint(path=None, model_config=cfg, vocab=Vocab("\nabc"), weights=model.state_dict(),
                               progress={"step": 3}, history={"val_loss": [1.5, 1.2]}, best_val_loss=1.2)
 
 
@@ -22,11 +30,11 @@ def test_round_trip_gives_identical_outputs(tmp_path, cell):
     ckpt = make_ckpt(cell)
     path = ckpt_io.save(ckpt, tmp_path / "m.pt")
     loaded = ckpt_io.load(path)
-    assert loaded.model_config == ckpt.model_config and loaded.vocab == "\nabc"
+    assert loaded.model_config == ckpt.model_config and loaded.vocab == Vocab("\nabc")
     assert loaded.best_val_loss == 1.2 and loaded.history["val_loss"] == [1.5, 1.2]
     idx = torch.tensor([[0, 1, 2, 3, 1]])
     original = CharRNN(ckpt.model_config)
-    original.load_state_dict(ckpt.model)
+    original.load_state_dict(ckpt.weights)
     expected, _ = original.eval()(idx)
     got, _ = loaded.build_model()(idx)
     assert torch.equal(expected, got)
@@ -133,3 +141,30 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "the temporary file is cleaned up"
     ckpt_io.load(path)
+
+
+def _documented_keys() -> set[str]:
+    """The first column of every row of docs/checkpoint-format.md's key table."""
+    rows = re.findall(r"^\| `([^`]+)` \|", FORMAT_DOC.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    assert rows, "no key table found"
+    return set(rows)
+
+
+def test_the_format_doc_lists_every_key_save_writes_and_no_other(tmp_path):
+    corpus = Corpus.from_text("to be or not to be\n" * 20, "t.txt")
+    cfg = ModelConfig(vocab_size=len(corpus.vocab), num_layers=1, hidden_size=8, embedding_size=4)
+    model = CharRNN(cfg)
+    optimizer = torch.optim.Adam(model.parameters())
+    carried = model.init_state(2)
+    ranks = [rank_record(carried, torch.device("cpu"))] * 2  # two processes: resume.ranks is written too
+    ckpt = snapshot(model_config=cfg, train_config=TrainConfig(), corpus=corpus, model=model, optimizer=optimizer,
+                    scaler=torch.amp.GradScaler("cpu", enabled=False), state=TrainState(), ranks=ranks,
+                    device=torch.device("cpu"))
+    raw = torch.load(ckpt_io.save(ckpt, tmp_path / "c.pt"), weights_only=True)
+    written = set(raw)
+    for key, value in raw.items():
+        if isinstance(value, dict) and key != "model":  # the weights' names depend on the model
+            written |= {f"{key}.{sub}" for sub in value}
+    documented = _documented_keys()
+    assert sorted(written - documented) == [], "written by save but not in docs/checkpoint-format.md"
+    assert sorted(documented - written) == [], "in docs/checkpoint-format.md but not written by save"

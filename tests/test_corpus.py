@@ -21,7 +21,7 @@ from charrnn.errors import ConfigError, DataError, cli_names
 from charrnn.loss import eval_subset, evaluate
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.trainer import TrainConfig, Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, Losses, make_text
+from conftest import TINY_MODEL, TINY_TRAIN, Recorder, make_text
 
 # 1-, 2-, 3- and 4-byte UTF-8 characters, CRLF, and a character that is its own escape.
 MIXED = "plain ascii\r\nçà et là — “quoted” 日本語 😀🎭 \\ end\n"
@@ -260,11 +260,11 @@ def test_memmapped_corpus_trains_and_evaluates_like_one_in_memory(tmp_path):
     assert evaluate(model, val, batch_size=4, seq_len=32) == evaluate(model, in_memory_val, batch_size=4, seq_len=32)
     runs = []
     for name, corpus_ in (("mapped", mapped.corpus), ("memory", in_memory)):
-        rec = Losses()
+        rec = Recorder()
         mc = ModelConfig(vocab_size=len(corpus_.vocab), num_layers=1, hidden_size=16, embedding_size=8)
         Trainer(mc, TrainConfig(batch_size=4, seq_len=16, max_steps=5, eval_every=5), corpus_, tmp_path / name,
                 callback=rec).run()
-        runs.append(rec.values)
+        runs.append(rec.losses)
     assert len(runs[0]) == 5 and runs[0] == runs[1]
 
 
@@ -311,7 +311,7 @@ def test_visualize_text_takes_a_folder_or_glob_like_train(runner, tree, tmp_path
     vocab = Vocab.from_text(expected(tree, "\n"))
     torch.manual_seed(0)
     config = ModelConfig(len(vocab), num_layers=1, hidden_size=8, embedding_size=4)
-    ckpt = ckpt_io.Checkpoint(path=None, model_config=config, vocab=vocab.chars, model=CharRNN(config).state_dict())
+    ckpt = ckpt_io.Checkpoint(path=None, model_config=config, vocab=vocab.chars, weights=CharRNN(config).state_dict())
     path = str(ckpt_io.save(ckpt, tmp_path / "m.pt"))
     for inputs in (str(tree), str(tree / "**" / "*.txt")):
         result = runner.invoke(cli, ["visualize", path, "--text", inputs, "--predictions", "--json", "--device", "cpu"])

@@ -22,7 +22,7 @@ from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
 from charrnn.inference import GraphedStep, StepModel
 from charrnn.trainer import TrainConfig, Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, Losses, make_text
+from conftest import TINY_MODEL, TINY_TRAIN, Recorder, make_text
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -38,13 +38,13 @@ def no_tf32():
 
 
 def train(tmp_path, cell="lstm", **kw) -> tuple[Trainer, list[float]]:
-    rec = Losses()
+    rec = Recorder()
     mc = ModelConfig(vocab_size=len(CORPUS.vocab), cell=cell, num_layers=2, hidden_size=64, embedding_size=16)
     options = dict(batch_size=8, seq_len=32, lr=1e-2, max_steps=40, eval_every=20, warmup_steps=0)
     options.update(kw)
     trainer = Trainer(mc, TrainConfig(**options), CORPUS, tmp_path, device="cuda", callback=rec)
     trainer.run()
-    return trainer, rec.values
+    return trainer, rec.losses
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -123,11 +123,11 @@ def test_resume_on_cuda_continues_the_run_exactly(tmp_path):
     # A constant rate, so that the 15-step run's schedule is the first half of the 30-step one's.
     _, whole = train(tmp_path / "whole", max_steps=30, schedule="constant")
     first, head = train(tmp_path / "part", max_steps=15, schedule="constant")
-    rec = Losses()
-    resumed = Trainer(first.model_config, TrainConfig(**{**first.config.to_dict(), "max_steps": 30}), CORPUS,
+    rec = Recorder()
+    resumed = Trainer(first.model_config, TrainConfig(**{**first.train_config.to_dict(), "max_steps": 30}), CORPUS,
                       tmp_path / "part", device="cuda", callback=rec, resume=ckpt_io.load(first.last_path))
     resumed.run()
-    assert head + rec.values == pytest.approx(whole, abs=1e-4)
+    assert head + rec.losses == pytest.approx(whole, abs=1e-4)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
@@ -144,7 +144,7 @@ def test_reduced_precision_gives_the_fp32_gradients_and_learns(tmp_path, dtype):
     assert all(map(lambda v: v == v, losses)), "no NaN losses"
     assert sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
     ckpt = ckpt_io.load(trainer.last_path)
-    assert all(v.dtype == torch.float32 for v in ckpt.model.values()), "weights stay fp32 under autocast"
+    assert all(v.dtype == torch.float32 for v in ckpt.weights.values()), "weights stay fp32 under autocast"
     assert bool(ckpt.resume["scaler"]) == (dtype == "fp16")
 
 

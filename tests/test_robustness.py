@@ -132,7 +132,7 @@ _SAVER = textwrap.dedent(
         torch.manual_seed(i)
         model = CharRNN(cfg)
         ckpt = ckpt_io.Checkpoint(path=None, model_config=cfg, vocab="".join(chr(65 + k) for k in range(50)),
-                                  model=model.state_dict(), progress={"step": i})
+                                  weights=model.state_dict(), progress={"step": i})
         ckpt_io.save(ckpt, out)
         i += 1
     """
@@ -165,7 +165,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
 def small_checkpoint_bytes(tmp_path_factory) -> bytes:
     cfg = ModelConfig(vocab_size=5, num_layers=1, hidden_size=4, embedding_size=2)
     torch.manual_seed(0)
-    ckpt = ckpt_io.Checkpoint(path=None, model_config=cfg, vocab="abcde", model=CharRNN(cfg).state_dict())
+    ckpt = ckpt_io.Checkpoint(path=None, model_config=cfg, vocab="abcde", weights=CharRNN(cfg).state_dict())
     path = ckpt_io.save(ckpt, tmp_path_factory.mktemp("ck") / "small.pt")
     return path.read_bytes()
 
@@ -193,7 +193,7 @@ def test_byte_flips_never_crash_or_hang(tmp_path, small_checkpoint_bytes, data):
         # content must then be exactly the original.
         original = _load_bytes(tmp_path, small_checkpoint_bytes)
         assert ckpt.vocab == original.vocab and ckpt.model_config == original.model_config
-        assert all(torch.equal(ckpt.model[k], original.model[k]) for k in original.model)
+        assert all(torch.equal(ckpt.weights[k], original.weights[k]) for k in original.weights)
 
 
 @settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -231,7 +231,7 @@ def test_interrupted_cosine_run_resumes_to_the_same_weights(tmp_path):
 
     Trainer(mc, TrainConfig(**cfg), corpus, tmp_path / "cut", should_stop=stop_at_13).run()
     resumed = Trainer(mc, TrainConfig(**cfg), corpus, tmp_path / "cut", resume=ckpt_io.load(tmp_path / "cut" / "last.pt")).run()
-    a, b = ckpt_io.load(full.last_path).model, ckpt_io.load(resumed.last_path).model
+    a, b = ckpt_io.load(full.last_path).weights, ckpt_io.load(resumed.last_path).weights
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
@@ -246,8 +246,8 @@ def test_cli_resume_matches_uninterrupted_run(runner, corpus_file, tmp_path):
     a = ckpt_io.load(tmp_path / "a" / "last.pt")
     b = ckpt_io.load(tmp_path / "b" / "last.pt")
     assert b.progress["step"] == 40
-    for name in a.model:
-        assert torch.equal(a.model[name], b.model[name]), name
+    for name in a.weights:
+        assert torch.equal(a.weights[name], b.weights[name]), name
     assert a.history["val_loss"] == b.history["val_loss"]
 
 

@@ -1,4 +1,8 @@
-import math
+"""The training loop: learning, determinism, exact resume, interrupts, the NaN guard, the time budget,
+and the CUDA-oriented paths (autocast dtypes, torch.compile) where the CPU can exercise them."""
+
+import functools
+import types
 
 import pytest
 import torch
@@ -6,10 +10,10 @@ import torch
 from charrnn import checkpoint as ckpt_io
 from charrnn.data import Corpus
 from charrnn.errors import ConfigError, DivergedError, OutputError
-from charrnn.model import ModelConfig
 from charrnn.fsio import check_writable
-from charrnn.trainer import Callback, TrainConfig, Trainer, learning_rate
-from conftest import make_text, unigram_entropy
+from charrnn.model import ModelConfig
+from charrnn.trainer import TrainConfig, Trainer
+from conftest import Recorder, make_text, unigram_entropy
 
 TEXT = make_text(400)
 
@@ -18,8 +22,9 @@ def corpus():
     return Corpus.from_text(TEXT, "tiny.txt")
 
 
-def model_config(c, cell="lstm", dropout=0.0):
-    return ModelConfig(vocab_size=len(c.vocab), cell=cell, num_layers=2, hidden_size=24, embedding_size=8, dropout=dropout)
+def model_config(c, cell="lstm", dropout=0.0, hidden_size=24):
+    return ModelConfig(vocab_size=len(c.vocab), cell=cell, num_layers=2, hidden_size=hidden_size, embedding_size=8,
+                       dropout=dropout)
 
 
 def train_config(**kw):
@@ -28,18 +33,23 @@ def train_config(**kw):
     return TrainConfig(**base)
 
 
-class Recorder(Callback):
-    def __init__(self):
-        self.losses, self.evals, self.skips = [], [], []
+@pytest.fixture
+def poison_step(monkeypatch):
+    """``poison_step(n, factor)``: the loss of the n-th training forward pass (step n, when none was
+    skipped) is multiplied by ``factor`` (NaN by default). Evaluation runs without gradients and is
+    left alone."""
+    real = torch.nn.functional.cross_entropy
+    plan, calls = {}, {"n": 0}
 
-    def on_step(self, info):
-        self.losses.append(info.loss)
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if not torch.is_grad_enabled():
+            return loss
+        calls["n"] += 1
+        return loss * plan[calls["n"]] if calls["n"] in plan else loss
 
-    def on_eval(self, info):
-        self.evals.append(info)
-
-    def on_nan_skip(self, step, scale):
-        self.skips.append((step, scale))
+    monkeypatch.setattr("charrnn.trainer.F.cross_entropy", poisoned)
+    return lambda n, factor=float("nan"): plan.__setitem__(n, factor)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -65,20 +75,20 @@ def test_same_seed_same_loss_curve(tmp_path):
 
 
 def _weights(path):
-    return ckpt_io.load(path).model
+    return ckpt_io.load(path).weights
 
 
 @pytest.mark.parametrize("schedule", ["step", "constant"])
 def test_resume_is_exact(tmp_path, schedule):
-    """2N steps in one go == N steps, then --resume to 2N: weights, optimizer, RNG, data position, state."""
+    """2N steps in one go == N steps, then resume to 2N: weights, optimizer, RNG, data position, state."""
     c = corpus()
     mc = model_config(c, dropout=0.3)  # dropout makes the RNG state matter
-    full = Trainer(mc, train_config(max_steps=24, schedule=schedule, lr_decay_after=0, eval_every=100), c, tmp_path / "full").run()
-    Trainer(mc, train_config(max_steps=12, schedule=schedule, lr_decay_after=0, eval_every=100), c, tmp_path / "half").run()
+    cfg = dict(schedule=schedule, lr_decay_after=0, eval_every=100)
+    full = Trainer(mc, train_config(max_steps=24, **cfg), c, tmp_path / "full").run()
+    Trainer(mc, train_config(max_steps=12, **cfg), c, tmp_path / "half").run()
     half = ckpt_io.load(tmp_path / "half" / "last.pt")
     assert half.progress["step"] == 12
-    resumed = Trainer(mc, train_config(max_steps=24, schedule=schedule, lr_decay_after=0, eval_every=100), c,
-                      tmp_path / "half", resume=half).run()
+    resumed = Trainer(mc, train_config(max_steps=24, **cfg), c, tmp_path / "half", resume=half).run()
     assert resumed.steps == 24
     a, b = _weights(full.last_path), _weights(tmp_path / "half" / "last.pt")
     for name in a:
@@ -128,47 +138,69 @@ def test_interrupt_saves_last_and_is_resumable(tmp_path):
     assert saved.progress["step"] == 5 and saved.resume is not None
 
 
-def test_nan_loss_stops_and_never_touches_best(tmp_path, monkeypatch):
+def test_nan_loss_stops_before_the_poisoned_step_reaches_a_checkpoint(tmp_path, poison_step):
     c = corpus()
-    trainer = Trainer(model_config(c), train_config(max_steps=40, eval_every=10), c, tmp_path)
-    real = torch.nn.functional.cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 15 and torch.is_grad_enabled() else loss
-
-    monkeypatch.setattr("charrnn.trainer.F.cross_entropy", poisoned)
-    before = None
-    with pytest.raises(DivergedError, match=r"diverged at step \d+.*--lr.*--grad-clip"):
-        trainer.run()
-    before = ckpt_io.load(tmp_path / "best.pt")
-    assert before.progress["step"] == 10
-    assert all(torch.isfinite(t).all() for t in before.model.values())
+    poison_step(15)  # between the evaluations (and saves) at steps 10 and 20
+    with pytest.raises(DivergedError, match=r"diverged at step 15: .*lr.*grad_clip") as info:
+        Trainer(model_config(c), train_config(max_steps=40, eval_every=10), c, tmp_path).run()
+    assert f"resume={str(tmp_path / 'last.pt')!r}" in str(info.value)
+    for name in ("best.pt", "last.pt"):
+        saved = ckpt_io.load(tmp_path / name)  # load refuses non-finite weights
+        assert saved.progress["step"] == 10, name
 
 
-def test_on_nan_skip_halves_lr_and_continues(tmp_path, monkeypatch):
+def test_without_the_guard_the_poisoned_step_would_reach_the_weights(tmp_path, poison_step, monkeypatch):
+    """What the test above guards against: the poisoned step does make the weights non-finite."""
+    monkeypatch.setattr("charrnn.trainer._finite_step", lambda *args: True)
+    c = corpus()
+    poison_step(15)
+    trainer = Trainer(model_config(c), train_config(max_steps=15, eval_every=10), c, tmp_path)
+    assert trainer.run().steps == 15
+    assert not all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
+
+
+def test_on_nan_skip_halves_lr_and_continues(tmp_path, poison_step):
     c = corpus()
     rec = Recorder()
-    real = torch.nn.functional.cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("inf") if calls["n"] == 3 and torch.is_grad_enabled() else loss
-
-    monkeypatch.setattr("charrnn.trainer.F.cross_entropy", poisoned)
-    result = Trainer(model_config(c), train_config(max_steps=8, on_nan="skip", schedule="constant"), c, tmp_path, callback=rec).run()
+    poison_step(3, float("inf"))
+    result = Trainer(model_config(c), train_config(max_steps=8, on_nan="skip", schedule="constant"), c, tmp_path,
+                     callback=rec).run()
     assert result.steps == 8 and rec.skips == [(3, 0.5)]
     assert ckpt_io.load(tmp_path / "last.pt").progress["lr_scale"] == 0.5
 
 
 def test_max_time_stops(tmp_path):
     c = corpus()
-    result = Trainer(model_config(c), train_config(max_steps=None, max_time=1.0), c, tmp_path).run()
-    assert result.stopped_by == "max_time" and result.elapsed >= 1.0
+    result = Trainer(model_config(c), train_config(max_time=1.0), c, tmp_path).run()
+    assert result.stopped_by == "max_time" and result.steps > 0  # the test below times it, on a clock of its own
+    assert ckpt_io.load(tmp_path / "last.pt").progress["step"] == result.steps
+
+
+def test_max_time_leaves_room_for_the_closing_evaluation_and_save(tmp_path, monkeypatch):
+    """max_time is the whole run's wall clock: the loop stops early enough for the closing evaluation
+    (as slow as the last one) to end within it. The trainer reads a fake clock, on which a step takes
+    10 ms and an evaluation 0.5 s, so that a busy machine cannot move the numbers."""
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr("charrnn.trainer.time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    real_step, real_evaluate = Trainer.train_step, Trainer.evaluate
+
+    def step(self, x, y):
+        clock.now += 0.01
+        return real_step(self, x, y)
+
+    def evaluate(self):
+        clock.now += 0.5
+        return real_evaluate(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    c = corpus()
+    rec = Recorder()
+    result = Trainer(model_config(c), train_config(max_time=3.0, eval_every=30), c, tmp_path, callback=rec).run()
+    assert result.stopped_by == "max_time"
+    assert result.steps % 30 and rec.evals[-1].step == result.steps  # a closing evaluation, off the schedule
+    assert 3.0 - 0.5 - 0.01 <= result.elapsed <= 3.0 + 1e-9
+    assert result.elapsed == clock.now
 
 
 def test_init_from_copies_weights_not_progress(tmp_path):
@@ -176,31 +208,14 @@ def test_init_from_copies_weights_not_progress(tmp_path):
     Trainer(model_config(c), train_config(max_steps=10), c, tmp_path / "a").run()
     source = ckpt_io.load(tmp_path / "a" / "last.pt")
     t = Trainer(source.model_config, train_config(max_steps=5), c, tmp_path / "b", init_from=source)
-    assert t.step == 0
+    assert t.state.step == 0
     for name, tensor in t.model.state_dict().items():
-        assert torch.equal(tensor, source.model[name])
-
-
-def test_schedules():
-    cfg = TrainConfig(lr=1.0, schedule="cosine", warmup_steps=10, min_lr_frac=0.1, max_steps=100)
-    assert learning_rate(cfg, 0, 0.0, 0) == pytest.approx(0.1)
-    assert learning_rate(cfg, 10, 0.1, 0) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.1)))
-    assert learning_rate(cfg, 99, 1.0, 0) == pytest.approx(0.1)
-    wsd = TrainConfig(lr=1.0, schedule="wsd", warmup_steps=0, min_lr_frac=0.1, max_steps=100)
-    assert [learning_rate(wsd, 0, p, 0) for p in (0.0, 0.5, 0.8, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 1.0, 0.55, 0.1])
-    step = TrainConfig(lr=1.0, schedule="step", warmup_steps=0, lr_decay=0.5, lr_decay_after=2, max_steps=1)
-    assert [learning_rate(step, 0, 0, e) for e in range(4)] == [1.0, 1.0, 0.5, 0.25]
-
-
-@pytest.mark.parametrize("kw", [dict(batch_size=0), dict(val_frac=0.0), dict(lr=-1.0), dict(schedule="linear"), dict(max_time=-5)])
-def test_config_rejects_nonsense(kw):
-    with pytest.raises(ConfigError):
-        TrainConfig(**kw)
+        assert torch.equal(tensor, source.weights[name])
 
 
 def test_val_frac_too_small_for_text(tmp_path):
     c = Corpus.from_text("abcdefghij" * 5, "t")
-    with pytest.raises(ConfigError, match="--val-frac"):
+    with pytest.raises(ConfigError, match="val_frac=0.01 leaves 0 validation"):
         Trainer(model_config(c), train_config(val_frac=0.01, batch_size=1, seq_len=4), c, tmp_path)
 
 
@@ -209,3 +224,31 @@ def test_unwritable_out_dir_fails_before_training(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="--out-dir"):
         check_writable(blocker / "sub")
+
+
+# -- reduced precision and torch.compile, as far as the CPU goes ---------------------------------
+
+
+def _small_run(tmp_path, **kw):
+    c = Corpus.from_text(make_text(200), "t.txt")
+    rec = Recorder()
+    cfg = TrainConfig(batch_size=4, seq_len=16, max_steps=6, eval_every=100, warmup_steps=0, **kw)
+    result = Trainer(model_config(c, hidden_size=32), cfg, c, tmp_path, callback=rec).run()
+    return rec.losses, result
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_reduced_precision_needs_cuda(tmp_path, dtype):
+    with pytest.raises(ConfigError, match=f"dtype='{dtype}' needs a CUDA device; use dtype='fp32' on cpu"):
+        _small_run(tmp_path, dtype=dtype)
+
+
+def test_compile_gives_the_same_run_and_saves_the_uncompiled_module(tmp_path, monkeypatch):
+    eager, _ = _small_run(tmp_path / "eager")
+    # aot_eager traces the model with dynamo and AOTAutograd like inductor does, without a C++ build.
+    monkeypatch.setattr("charrnn.trainer.torch.compile", functools.partial(torch.compile, backend="aot_eager"))
+    compiled, result = _small_run(tmp_path / "compiled", compile=True)
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    raw = torch.load(result.last_path, weights_only=True)
+    assert not [k for k in raw["model"] if k.startswith("_orig_mod")], "no torch.compile key prefixes"
+    ckpt_io.load(result.last_path).build_model()

@@ -36,7 +36,7 @@ def ckpts(tmp_path_factory):
         torch.manual_seed(0)
         config = ModelConfig(len(vocab), cell=cell, num_layers=2, hidden_size=8, embedding_size=6)
         weights = {k: v * scale for k, v in CharRNN(config).state_dict().items()}
-        ckpt = ckpt_io.Checkpoint(path=None, model_config=config, vocab=vocab.chars, model=weights)
+        ckpt = ckpt_io.Checkpoint(path=None, model_config=config, vocab=vocab.chars, weights=weights)
         paths[name] = str(ckpt_io.save(ckpt, folder / f"{name}.pt"))
     text = folder / "main.c"
     text.write_text(TEXT, encoding="utf-8")
@@ -52,7 +52,7 @@ def library_values(path: str, text: str, layer: int, what: str, units: list[int]
     """(N, len(units)) values of ``what`` in ``layer`` (from 0), recorded by charrnn.visualize directly."""
     ckpt = ckpt_io.load(path)
     probe = viz.UnitProbe(layer, what, units)
-    viz.run(ckpt.build_model(), viz.encode_text(Vocab(ckpt.vocab), text, "t"), [probe])
+    viz.run(ckpt.build_model(), viz.encode_text(ckpt.vocab, text, "t"), [probe])
     return probe.values
 
 
@@ -102,7 +102,7 @@ def test_one_unit_is_shown_over_the_text_with_visible_newlines_and_tabs(ckpts):
     )
     ckpt = ckpt_io.load(ckpts["lstm"])
     predictions = viz.PredictionProbe()
-    viz.run(ckpt.build_model(), viz.encode_text(Vocab(ckpt.vocab), TEXT, "t"), [predictions])
+    viz.run(ckpt.build_model(), viz.encode_text(ckpt.vocab, TEXT, "t"), [predictions])
     assert summary and float(summary[1]) == pytest.approx(predictions.result.bits[1:].mean(), abs=6e-4)
 
 
@@ -156,7 +156,7 @@ def test_gates_table_shows_the_saturation_the_library_counts(ckpts, name, gates)
     assert result.exit_code == 0, result.stderr
     ckpt = ckpt_io.load(ckpts[name])
     probe = viz.GateProbe(ckpt.model_config)
-    viz.run(ckpt.build_model(), viz.encode_text(Vocab(ckpt.vocab), TEXT, "t"), [probe])
+    viz.run(ckpt.build_model(), viz.encode_text(ckpt.vocab, TEXT, "t"), [probe])
     expected = {
         (g.layer + 1, g.gate): [f"{g.left.mean():.1%}", f"{g.right.mean():.1%}", str(int((g.left > 0.5).sum())),
                                 str(int((g.right > 0.5).sum())), str(int(((g.left + g.right) < 0.05).sum()))]

@@ -30,14 +30,15 @@ def sparkline(values: list[float], width: int = 60) -> str:
 def describe(ckpt: ckpt_io.Checkpoint) -> dict:
     """Everything ``inspect`` shows, as plain JSON-ready data."""
     cfg = ckpt.model_config
-    params = sum(t.numel() for t in ckpt.model.values())
+    params = sum(t.numel() for t in ckpt.weights.values())
     bits = lambda v: v / LN2 if isinstance(v, (int, float)) else None  # noqa: E731
     return {
         "path": str(ckpt.path),
         "format": {"marker": ckpt_io.FORMAT_MARKER, "version": ckpt.version},
         "written_by": {"charrnn": ckpt.charrnn_version, "torch": ckpt.torch_version, "created": ckpt.created},
         "model": {**cfg.to_dict(), "parameters": params},
-        "vocab": {"size": len(ckpt.vocab), "chars": ckpt.vocab, "escaped": [escape_char(c) for c in ckpt.vocab]},
+        "vocab": {"size": len(ckpt.vocab), "chars": ckpt.vocab.chars,
+                  "escaped": [escape_char(c) for c in ckpt.vocab.chars]},
         "corpus": ckpt.corpus,
         "train_config": ckpt.train_config,
         "progress": ckpt.progress,

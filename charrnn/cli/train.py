@@ -48,14 +48,14 @@ class Progress(Callback):
 
     def on_start(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.by_time = trainer.total_steps is None
+        budget = trainer.budget
+        self.by_time = budget.unit == "s"
         if self.quiet:
             return
-        total = trainer.config.max_time if self.by_time else trainer.total_steps
         self.bar = tqdm(
-            total=round(total),
-            initial=round(trainer.elapsed) if self.by_time else trainer.step,
-            unit="s" if self.by_time else "step",
+            total=round(budget.total),
+            initial=round(budget.position(trainer.state.step, trainer.state.elapsed)),
+            unit=budget.unit,
             file=sys.stderr,
             dynamic_ncols=True,
             mininterval=0.5,
@@ -261,7 +261,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
             f"[bold]charrnn train[/] {corpus.name}: {len(corpus):,} chars, vocab {len(corpus.vocab)}, "
             f"{cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} "
             f"({params:,} parameters) on {trainer.device}; {len(trainer.batches)} steps/epoch"
-            + (f"; resuming at step {trainer.step}" if run.resumed else "")
+            + (f"; resuming at step {trainer.state.step}" if run.resumed else "")
             + (f"; {session.world_size} processes, global batch {run.train_config.batch_size * session.world_size}"
                if session.active else "")
         )

@@ -30,7 +30,7 @@ from charrnn import colours
 from charrnn import visualize as viz
 from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, UserError, echo_json, stderr_console
 from charrnn.corpus import read_text
-from charrnn.data import Vocab, escape_char
+from charrnn.data import escape_char
 from charrnn.devices import resolve_device
 from charrnn.errors import OutputError
 from charrnn.features import feature_window
@@ -104,7 +104,7 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
     # 1. The checkpoint, and every option checked against it before any work.
     ckpt = ckpt_io.load(checkpoint)
     cfg = ckpt.model_config
-    vocab = Vocab(ckpt.vocab)
+    vocab = ckpt.vocab
     if what == "gate:cell" and cfg.cell == "lstm":
         err.print(GATE_CELL_DEPRECATED, markup=False)
         what = "gate:g"
