@@ -20,22 +20,42 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
-
 import charrnn
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_checkpoint(folder: Path, args) -> Path:
-    charrnn.train(None, out_dir=folder, cell=args.cell, num_layers=args.num_layers, hidden_size=args.hidden_size,
-                  max_steps=1, eval_chars=1000, sample_length=0, device=args.device, force=True)
+    charrnn.train(
+        None,
+        out_dir=folder,
+        cell=args.cell,
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        max_steps=1,
+        eval_chars=1000,
+        sample_length=0,
+        device=args.device,
+        force=True,
+    )
     return folder / "best.pt"
 
 
 def time_cli(ckpt: Path, length: int, args) -> float:
-    cmd = [sys.executable, "-m", "charrnn", "sample", str(ckpt), "-n", str(length), "--seed", "1",
-           "--device", args.device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "sample",
+        str(ckpt),
+        "-n",
+        str(length),
+        "--seed",
+        "1",
+        "--device",
+        args.device,
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     return time.perf_counter() - t0
@@ -48,8 +68,9 @@ def time_api(model: charrnn.Model, length: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--hidden-size", type=int, default=512)
@@ -74,11 +95,20 @@ def main() -> None:
     cli, api = common.median(rates["cli"]), common.median(rates["api"])
     rows = [[name, common.fmt(common.median(r)), f"{common.spread(r):.0%}"] for name, r in rates.items()]
     rows.append(["api / cli", f"{api / cli:.3f}", ""])
-    common.print_table(f"one-stream sampling, {args.cell.upper()} {args.num_layers}x{args.hidden_size} on "
-                       f"{args.device} (chars/s, median of {args.repeats})", ["way", "chars/s", "spread"], rows)
+    common.print_table(
+        f"one-stream sampling, {args.cell.upper()} {args.num_layers}x{args.hidden_size} on "
+        f"{args.device} (chars/s, median of {args.repeats})",
+        ["way", "chars/s", "spread"],
+        rows,
+    )
     if args.json:
-        path = common.write_json(args.json, "api", info, vars(args),
-                                 {"rates": rates, "cli_median": cli, "api_median": api, "ratio": api / cli})
+        path = common.write_json(
+            args.json,
+            "api",
+            info,
+            vars(args),
+            {"rates": rates, "cli_median": cli, "api_median": api, "ratio": api / cli},
+        )
         print(f"wrote {path}", file=sys.stderr)
 
 

@@ -53,7 +53,9 @@ def parse_args(argv=None):
     parser.add_argument("--rows", default="1,2,3,4,8,32", help="Comma-separated numbers of rows (streams).")
     parser.add_argument("--threads", default="1,2", help="Comma-separated thread counts (torch and numpy's BLAS).")
     parser.add_argument("--calls", type=int, default=200, help="Timed steps per repetition.")
-    parser.add_argument("--repeats", type=int, default=5, help="Repetitions, backends alternating; the median is reported.")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="Repetitions, backends alternating; the median is reported."
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
     parser.add_argument("--quick", action="store_true", help=f"Smoke run in seconds: {QUICK}.")
     args = parser.parse_args(argv)
@@ -91,32 +93,60 @@ def main(argv=None) -> None:
             inputs = [torch.randn(rows, k) for _, k in dims]
             seconds = {b: [] for b in backends}
             for rep in range(args.repeats):
-                for b in names[rep % len(names):] + names[: rep % len(names)]:  # take turns: drift hits all alike
+                for b in names[rep % len(names) :] + names[: rep % len(names)]:  # take turns: drift hits all alike
                     seconds[b].append(time_products(backends[b], inputs, args.calls))
             picks = "numpy" if numpy_wins(rows) else "onednn" if onednn_wins(rows) else "blas"
             row = {"threads": threads, "rows": rows, "auto_picks": picks}
             for b in backends:
                 s = common.median(seconds[b])
-                row[b] = {"us_per_step": s * 1e6, "gflop_s": flops_per_row * rows / s / 1e9,
-                          "spread": common.spread(seconds[b]), "reps_s": seconds[b]}
+                row[b] = {
+                    "us_per_step": s * 1e6,
+                    "gflop_s": flops_per_row * rows / s / 1e9,
+                    "spread": common.spread(seconds[b]),
+                    "reps_s": seconds[b],
+                }
             row["onednn_speedup"] = row["blas"]["us_per_step"] / row["onednn"]["us_per_step"]
             row["numpy_speedup"] = row["blas"]["us_per_step"] / row["numpy"]["us_per_step"]
             results.append(row)
 
-    columns = ["threads", "rows", "blas us", "onednn us", "numpy us", "blas GFLOP/s", "onednn speed-up",
-               "numpy speed-up", "auto picks", "spread"]
+    columns = [
+        "threads",
+        "rows",
+        "blas us",
+        "onednn us",
+        "numpy us",
+        "blas GFLOP/s",
+        "onednn speed-up",
+        "numpy speed-up",
+        "auto picks",
+        "spread",
+    ]
     table = [
-        [r["threads"], r["rows"], common.fmt(r["blas"]["us_per_step"]), common.fmt(r["onednn"]["us_per_step"]),
-         common.fmt(r["numpy"]["us_per_step"]), common.fmt(r["blas"]["gflop_s"], 1), f"{r['onednn_speedup']:.2f}x",
-         f"{r['numpy_speedup']:.2f}x", r["auto_picks"], f"{max(r[b]['spread'] for b in names):.0%}"]
+        [
+            r["threads"],
+            r["rows"],
+            common.fmt(r["blas"]["us_per_step"]),
+            common.fmt(r["onednn"]["us_per_step"]),
+            common.fmt(r["numpy"]["us_per_step"]),
+            common.fmt(r["blas"]["gflop_s"], 1),
+            f"{r['onednn_speedup']:.2f}x",
+            f"{r['numpy_speedup']:.2f}x",
+            r["auto_picks"],
+            f"{max(r[b]['spread'] for b in names):.0%}",
+        ]
         for r in results
     ]
     name = f"LSTM {args.num_layers}x{args.hidden_size}, vocab {args.vocab_size}: products {dims}"
-    common.print_table(f"sampling step's products, {name}, median of {args.repeats}" + (" (QUICK)" if args.quick else ""),
-                       columns, table)
-    print("us = microseconds for one step's products; speed-up = blas time / that backend's time; auto picks =\n"
-          "what charrnn.inference's numpy_wins and onednn_wins choose for that many rows at that thread count;\n"
-          "spread = (max - min) / median, the worst backend.")
+    common.print_table(
+        f"sampling step's products, {name}, median of {args.repeats}" + (" (QUICK)" if args.quick else ""),
+        columns,
+        table,
+    )
+    print(
+        "us = microseconds for one step's products; speed-up = blas time / that backend's time; auto picks =\n"
+        "what charrnn.inference's numpy_wins and onednn_wins choose for that many rows at that thread count;\n"
+        "spread = (max - min) / median, the worst backend."
+    )
     if args.json:
         path = common.write_json(args.json, "linear", info, dict(vars(args)), {"rows": results, "shapes": dims})
         print(f"wrote {path}", file=sys.stderr)

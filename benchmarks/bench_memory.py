@@ -97,9 +97,22 @@ def bench_sampling(checkpoint: Path, chars: int, out_dir: Path) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "date": dt.date.today().isoformat()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "date": dt.date.today().isoformat(),
+    }
 
 
 def main() -> None:
@@ -115,12 +128,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train = bench_training(args.steps, args.eval_every, tmp / "run")
-        print(f"training   {train['steps']} steps in {train['seconds']}s: RSS {train['rss_after_warmup_mb']} MB after warm-up, "
-              f"{train['rss_end_mb']} MB at the end (growth {train['rss_growth_mb']} MB)")
+        print(
+            f"training   {train['steps']} steps in {train['seconds']}s: RSS {train['rss_after_warmup_mb']} MB after warm-up, "
+            f"{train['rss_end_mb']} MB at the end (growth {train['rss_growth_mb']} MB)"
+        )
         sample = bench_sampling(tmp / "run" / "best.pt", args.sample_chars, tmp)
-        print(f"sampling   {sample['chars']:,} chars in {sample['seconds']}s ({sample['chars_per_s']:,} chars/s): RSS "
-              f"{sample['rss_at_10pct_mb']} MB at 10%, {sample['rss_end_mb']} MB at the end, peak {sample['rss_peak_mb']} MB")
-    result = {"benchmark": "memory", "machine": machine(), "command": " ".join(sys.argv), "training": train, "sampling": sample}
+        print(
+            f"sampling   {sample['chars']:,} chars in {sample['seconds']}s ({sample['chars_per_s']:,} chars/s): RSS "
+            f"{sample['rss_at_10pct_mb']} MB at 10%, {sample['rss_end_mb']} MB at the end, peak {sample['rss_peak_mb']} MB"
+        )
+    result = {
+        "benchmark": "memory",
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+        "training": train,
+        "sampling": sample,
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

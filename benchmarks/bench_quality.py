@@ -43,7 +43,7 @@ def parse_recipe(text: str) -> tuple[str, str]:
     name, _, flags = text.partition("=")
     name = name.strip()
     if not name:
-        raise argparse.ArgumentTypeError(f"recipe {text!r} needs a name: NAME=\"--flag value ...\"")
+        raise argparse.ArgumentTypeError(f'recipe {text!r} needs a name: NAME="--flag value ..."')
     flags = flags.strip()
     if len(flags) >= 2 and flags[0] == flags[-1] and flags[0] in "'\"":
         flags = flags[1:-1]
@@ -88,14 +88,36 @@ def training_record(last_pt: Path) -> dict:
 def one_run(args, corpus: str, recipe: str, flags: str, budget: str, out_root: Path) -> dict:
     out_dir = out_root / f"{recipe}-{budget}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--max-time", budget, "--out-dir", str(out_dir),
-           "--json", "-q", "--force", *shlex.split(args.train_args), *shlex.split(flags)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        corpus,
+        "--max-time",
+        budget,
+        "--out-dir",
+        str(out_dir),
+        "--json",
+        "-q",
+        "--force",
+        *shlex.split(args.train_args),
+        *shlex.split(flags),
+    ]
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)  # torch reads it at start-up
     code, wall, peak_mb, stdout = run_train(cmd, env, out_dir / "stderr.log")
-    row = {"recipe": recipe, "flags": flags, "budget": budget, "budget_s": Duration().convert(budget, None, None),
-           "command": shlex.join(cmd[1:]), "exit_code": code, "wall_s": wall, "peak_rss_mb": peak_mb}
+    row = {
+        "recipe": recipe,
+        "flags": flags,
+        "budget": budget,
+        "budget_s": Duration().convert(budget, None, None),
+        "command": shlex.join(cmd[1:]),
+        "exit_code": code,
+        "wall_s": wall,
+        "peak_rss_mb": peak_mb,
+    }
     if code != 0:
         tail = (out_dir / "stderr.log").read_text().strip().splitlines()[-3:]
         row["error"] = " | ".join(tail)
@@ -120,12 +142,29 @@ def parse_args(argv=None):
     )
     parser.add_argument("--corpus", default=None, help="Text to train on [default: the embedded Tiny Shakespeare].")
     parser.add_argument("--budgets", default="2m,5m,10m", help="Comma-separated --max-time values, one run each.")
-    parser.add_argument("--recipe", dest="recipes", action="append", type=parse_recipe, default=None, metavar='NAME="FLAGS"',
-                        help='A named set of `charrnn train` flags, e.g. lstm512="--hidden-size 512 --batch-size 32"; '
-                        'repeat for a table [default: default=""].')
+    parser.add_argument(
+        "--recipe",
+        dest="recipes",
+        action="append",
+        type=parse_recipe,
+        default=None,
+        metavar='NAME="FLAGS"',
+        help='A named set of `charrnn train` flags, e.g. lstm512="--hidden-size 512 --batch-size 32"; '
+        'repeat for a table [default: default=""].',
+    )
     parser.add_argument("--train-args", default="", help="Flags added to every run, before the recipe's own.")
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the training processes [default: torch's choice].")
-    parser.add_argument("--out-root", type=Path, default=None, help="Keep each run's checkpoints and stderr.log here [default: a temporary folder].")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for the training processes [default: torch's choice].",
+    )
+    parser.add_argument(
+        "--out-root",
+        type=Path,
+        default=None,
+        help="Keep each run's checkpoints and stderr.log here [default: a temporary folder].",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
     parser.add_argument("--quick", action="store_true", help=f"Smoke run in seconds: {QUICK}.")
     args = parser.parse_args(argv)
@@ -157,7 +196,10 @@ def main(argv=None) -> None:
         info["torch_threads"] = args.threads
     print(common.describe(info), file=sys.stderr)
     total = sum(Duration().convert(b, None, None) for b in args.budgets) * len(args.recipes)
-    print(f"{len(args.recipes)} recipe(s) x {len(args.budgets)} budget(s): at least {total / 60:.1f} minutes of training", file=sys.stderr)
+    print(
+        f"{len(args.recipes)} recipe(s) x {len(args.budgets)} budget(s): at least {total / 60:.1f} minutes of training",
+        file=sys.stderr,
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         out_root = args.out_root or Path(tmp)
@@ -167,28 +209,54 @@ def main(argv=None) -> None:
                 print(f"{recipe} {budget} ...", file=sys.stderr, flush=True)
                 results.append(one_run(args, corpus, recipe, flags, budget, out_root))
 
-    columns = ["recipe", "budget", "val nats", "val bits", "steps", "epochs", "train ch/s", "elapsed", "wall",
-               "eval", f"<={EVAL_FRACTION_TARGET:.0%}", "peak MiB"]
+    columns = [
+        "recipe",
+        "budget",
+        "val nats",
+        "val bits",
+        "steps",
+        "epochs",
+        "train ch/s",
+        "elapsed",
+        "wall",
+        "eval",
+        f"<={EVAL_FRACTION_TARGET:.0%}",
+        "peak MiB",
+    ]
     rows = []
     for r in results:
         if r["exit_code"] != 0:
             rows.append([r["recipe"], r["budget"], f"failed (exit {r['exit_code']})"] + ["-"] * (len(columns) - 3))
             continue
         frac = r.get("eval_fraction")
-        rows.append([
-            r["recipe"], r["budget"], common.fmt(r["best_val_loss"], 4), common.fmt(r["best_val_bpc"], 4),
-            common.fmt(r["steps"]), common.fmt(r["epochs"], 2), common.fmt(r.get("train_chars_per_s")),
-            f"{r['elapsed_s']:.0f}s", f"{r['wall_s']:.0f}s", "-" if frac is None else f"{frac:.1%}",
-            "-" if frac is None else ("yes" if frac <= EVAL_FRACTION_TARGET else "NO"), common.fmt(r["peak_rss_mb"]),
-        ])
+        rows.append(
+            [
+                r["recipe"],
+                r["budget"],
+                common.fmt(r["best_val_loss"], 4),
+                common.fmt(r["best_val_bpc"], 4),
+                common.fmt(r["steps"]),
+                common.fmt(r["epochs"], 2),
+                common.fmt(r.get("train_chars_per_s")),
+                f"{r['elapsed_s']:.0f}s",
+                f"{r['wall_s']:.0f}s",
+                "-" if frac is None else f"{frac:.1%}",
+                "-" if frac is None else ("yes" if frac <= EVAL_FRACTION_TARGET else "NO"),
+                common.fmt(r["peak_rss_mb"]),
+            ]
+        )
     title = f"quality per time on {Path(corpus).name}" + (" (QUICK: noisy smoke run)" if args.quick else "")
     common.print_table(title, columns, rows)
-    print("val = best validation loss (nats and bits per character); train ch/s = training characters / (elapsed - eval);\n"
-          "elapsed = the trainer's clock (the --max-time budget, evaluation included); wall = the whole process, start-up\n"
-          "and the closing evaluation and save included; eval = evaluation seconds / elapsed (the closing evaluation falls\n"
-          "outside elapsed, so this overstates by at most one evaluation); peak MiB = the process's peak RSS.")
+    print(
+        "val = best validation loss (nats and bits per character); train ch/s = training characters / (elapsed - eval);\n"
+        "elapsed = the trainer's clock (the --max-time budget, evaluation included); wall = the whole process, start-up\n"
+        "and the closing evaluation and save included; eval = evaluation seconds / elapsed (the closing evaluation falls\n"
+        "outside elapsed, so this overstates by at most one evaluation); peak MiB = the process's peak RSS."
+    )
     for name, flags in args.recipes:
-        print(f"  {name}: charrnn train {' '.join(x for x in (shlex.quote(Path(corpus).name), args.train_args, flags) if x)}")
+        print(
+            f"  {name}: charrnn train {' '.join(x for x in (shlex.quote(Path(corpus).name), args.train_args, flags) if x)}"
+        )
     if args.json:
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         options["corpus"] = corpus

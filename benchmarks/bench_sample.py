@@ -29,9 +29,9 @@ import torch
 import charrnn.threads
 import common
 from charrnn.data import Vocab
+from charrnn.inference import StepModel
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import Draw, generate
-from charrnn.inference import StepModel
 from charrnn.threads import sampling_threads, torch_threads
 
 METHODS = ("naive", "step-blas", "step", "generate")
@@ -89,7 +89,12 @@ def mixed_pools(model: CharRNN, length: int, repeats: int) -> dict:
             with torch_threads(threads):
                 rates[key].append(rate(run_step(stepper.step, model, 1, length + 1), 1))
     out = {key: {"chars_per_s": common.median(r), "reps_chars_per_s": r} for key, r in rates.items()}
-    return {**out, "torch_threads": torch.get_num_threads(), "blas_threads": charrnn.threads.blas_threads(), "length": length}
+    return {
+        **out,
+        "torch_threads": torch.get_num_threads(),
+        "blas_threads": charrnn.threads.blas_threads(),
+        "length": length,
+    }
 
 
 def rate(times: list[float], streams: int) -> float:
@@ -133,14 +138,25 @@ def parse_args(argv=None):
     parser.add_argument("--vocab-size", type=int, default=65, help="65: Tiny Shakespeare's.")
     parser.add_argument("--streams", default="1,32", help="Comma-separated numbers of parallel samples.")
     parser.add_argument("--length", type=int, default=400, help="Timed characters per stream per repetition.")
-    parser.add_argument("--warmup", type=int, default=20, help="Untimed characters per method before the first repetition.")
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="Untimed characters per method before the first repetition."
+    )
     parser.add_argument("--repeats", type=int, default=3, help="Repetitions; the median is reported.")
-    parser.add_argument("--threads", type=int, default=None, help="Threads for torch and numpy's BLAS [default: their choice].")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="Threads for torch and numpy's BLAS [default: their choice]."
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N].")
-    parser.add_argument("--bandwidth-mb", type=int, default=256, help="Size of the copy that estimates memory bandwidth (0: skip).")
-    parser.add_argument("--mixed-pools", type=int, default=0, metavar="CHARS",
-                        help="Also time one stream's step through numpy's BLAS with torch on its own threads too "
-                             "(the combination charrnn avoids) against torch on one thread, for CHARS characters (0: skip).")
+    parser.add_argument(
+        "--bandwidth-mb", type=int, default=256, help="Size of the copy that estimates memory bandwidth (0: skip)."
+    )
+    parser.add_argument(
+        "--mixed-pools",
+        type=int,
+        default=0,
+        metavar="CHARS",
+        help="Also time one stream's step through numpy's BLAS with torch on its own threads too "
+        "(the combination charrnn avoids) against torch on one thread, for CHARS characters (0: skip).",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
     parser.add_argument("--quick", action="store_true", help=f"Smoke run in seconds: {QUICK}.")
     args = parser.parse_args(argv)
@@ -166,8 +182,11 @@ def main(argv=None) -> None:
     print(common.describe(info), file=sys.stderr)
     torch.manual_seed(0)
     config = ModelConfig(
-        vocab_size=args.vocab_size, cell=args.cell, num_layers=args.num_layers,
-        hidden_size=args.hidden_size, embedding_size=args.embedding_size,
+        vocab_size=args.vocab_size,
+        cell=args.cell,
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        embedding_size=args.embedding_size,
     )
     device = torch.device(args.device)
     model = CharRNN(config).to(device).eval()
@@ -181,8 +200,11 @@ def main(argv=None) -> None:
         "generate": lambda n, length: run_generate(model, vocab, n, length),
     }
     name = f"{args.cell.upper()} {args.num_layers}x{args.hidden_size}"
-    print(f"{name}, embedding {args.embedding_size}, vocab {args.vocab_size}, {model.num_parameters():,} parameters, "
-          f"step backend {stepper.backend}", file=sys.stderr)
+    print(
+        f"{name}, embedding {args.embedding_size}, vocab {args.vocab_size}, {model.num_parameters():,} parameters, "
+        f"step backend {stepper.backend}",
+        file=sys.stderr,
+    )
 
     results = []
     for streams in args.streams:
@@ -204,10 +226,16 @@ def main(argv=None) -> None:
                 peak = peak_mb(device)
                 peaks[method] = max(peaks[method] or 0.0, peak or 0.0) or None
                 rates[method].append(rate(times, streams))
-        row = {"streams": streams, "length": args.length, "repeats": args.repeats, "backend": stepper.backend,
-               "numpy_one_stream": stepper.numpy_ready and streams == 1 and own_threads == 1,
-               "torch_threads": {m: threads[m] or torch.get_num_threads() for m in METHODS},
-               "device": str(device), "peak_memory": "cuda_allocated" if device.type == "cuda" else "rss"}
+        row = {
+            "streams": streams,
+            "length": args.length,
+            "repeats": args.repeats,
+            "backend": stepper.backend,
+            "numpy_one_stream": stepper.numpy_ready and streams == 1 and own_threads == 1,
+            "torch_threads": {m: threads[m] or torch.get_num_threads() for m in METHODS},
+            "device": str(device),
+            "peak_memory": "cuda_allocated" if device.type == "cuda" else "rss",
+        }
         for method in METHODS:
             row[method] = {
                 "chars_per_s": common.median(rates[method]),
@@ -218,7 +246,11 @@ def main(argv=None) -> None:
         row["step_speedup"] = row["step"]["chars_per_s"] / row["naive"]["chars_per_s"]
         row["generate_overhead"] = 1 - row["generate"]["chars_per_s"] / row["step"]["chars_per_s"]
         # The targets are for a 2-core CPU (issue 3); on a GPU the table shows the rates alone.
-        target = TARGETS.get(streams) if (args.cell, args.num_layers, args.hidden_size, device.type) == ("lstm", 2, 512, "cpu") else None
+        target = (
+            TARGETS.get(streams)
+            if (args.cell, args.num_layers, args.hidden_size, device.type) == ("lstm", 2, 512, "cpu")
+            else None
+        )
         row["target_chars_per_s"] = target
         row["meets_target"] = None if target is None else row["generate"]["chars_per_s"] >= target
         results.append(row)
@@ -229,38 +261,68 @@ def main(argv=None) -> None:
     if args.bandwidth_mb:
         bandwidth = copy_bandwidth(args.bandwidth_mb, device)
         weights = stepper.weight_bytes_per_step(1)
-        bound = {"copy_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes_per_step": weights,
-                 "one_stream_chars_per_s": bandwidth / weights}
+        bound = {
+            "copy_bandwidth_gb_s": bandwidth / 1e9,
+            "weight_bytes_per_step": weights,
+            "one_stream_chars_per_s": bandwidth / weights,
+        }
 
-    columns = ["streams", "naive ch/s", "step-blas ch/s", "step ch/s", "generate ch/s", "target", "met", "step/naive",
-               "gen overhead", "spread", "peak MiB"]
+    columns = [
+        "streams",
+        "naive ch/s",
+        "step-blas ch/s",
+        "step ch/s",
+        "generate ch/s",
+        "target",
+        "met",
+        "step/naive",
+        "gen overhead",
+        "spread",
+        "peak MiB",
+    ]
     rows = [
-        [r["streams"], common.fmt(r["naive"]["chars_per_s"]), common.fmt(r["step-blas"]["chars_per_s"]),
-         common.fmt(r["step"]["chars_per_s"]),
-         common.fmt(r["generate"]["chars_per_s"]), common.fmt(r["target_chars_per_s"]),
-         {None: "-", True: "yes", False: "NO"}[r["meets_target"]], f"{r['step_speedup']:.2f}x",
-         f"{r['generate_overhead']:.0%}", f"{max(r[m]['spread'] for m in METHODS):.0%}",
-         common.fmt(max(r[m]["peak_rss_mb"] or 0 for m in METHODS))]
+        [
+            r["streams"],
+            common.fmt(r["naive"]["chars_per_s"]),
+            common.fmt(r["step-blas"]["chars_per_s"]),
+            common.fmt(r["step"]["chars_per_s"]),
+            common.fmt(r["generate"]["chars_per_s"]),
+            common.fmt(r["target_chars_per_s"]),
+            {None: "-", True: "yes", False: "NO"}[r["meets_target"]],
+            f"{r['step_speedup']:.2f}x",
+            f"{r['generate_overhead']:.0%}",
+            f"{max(r[m]['spread'] for m in METHODS):.0%}",
+            common.fmt(max(r[m]["peak_rss_mb"] or 0 for m in METHODS)),
+        ]
         for r in results
     ]
-    title = f"sampling throughput, {name} on {device}, median of {args.repeats}" + (" (QUICK: noisy smoke run)" if args.quick else "")
+    title = f"sampling throughput, {name} on {device}, median of {args.repeats}" + (
+        " (QUICK: noisy smoke run)" if args.quick else ""
+    )
     common.print_table(title, columns, rows)
-    print("ch/s = characters per second over all streams; target (issue 3) applies to generate with a 2x512 LSTM;\n"
-          "gen overhead = how much slower generate() is than the bare step loop; spread = (max - min) / median of\n"
-          "the repetitions, the worst method; peak MiB = peak RSS of the process during any method (on CUDA:\n"
-          "torch.cuda.max_memory_allocated).")
+    print(
+        "ch/s = characters per second over all streams; target (issue 3) applies to generate with a 2x512 LSTM;\n"
+        "gen overhead = how much slower generate() is than the bare step loop; spread = (max - min) / median of\n"
+        "the repetitions, the worst method; peak MiB = peak RSS of the process during any method (on CUDA:\n"
+        "torch.cuda.max_memory_allocated)."
+    )
     if mixed:
-        print(f"mixed pools, 1 stream, numpy's BLAS on {mixed['blas_threads']} threads: torch on {mixed['torch_threads']} "
-              f"threads {mixed['both']['chars_per_s']:,.0f} ch/s, torch on 1 thread {mixed['torch_one']['chars_per_s']:,.0f} ch/s "
-              f"(median of {args.repeats} x {args.mixed_pools} characters).")
+        print(
+            f"mixed pools, 1 stream, numpy's BLAS on {mixed['blas_threads']} threads: torch on {mixed['torch_threads']} "
+            f"threads {mixed['both']['chars_per_s']:,.0f} ch/s, torch on 1 thread {mixed['torch_one']['chars_per_s']:,.0f} ch/s "
+            f"(median of {args.repeats} x {args.mixed_pools} characters)."
+        )
     if bound:
-        print(f"bandwidth bound, 1 stream: {bound['weight_bytes_per_step'] / 2**20:.1f} MiB of weights per step at "
-              f"{bound['copy_bandwidth_gb_s']:.1f} GB/s (large-copy read+write) = ~{bound['one_stream_chars_per_s']:,.0f} chars/s; "
-              "weights that fit in cache can beat it.")
+        print(
+            f"bandwidth bound, 1 stream: {bound['weight_bytes_per_step'] / 2**20:.1f} MiB of weights per step at "
+            f"{bound['copy_bandwidth_gb_s']:.1f} GB/s (large-copy read+write) = ~{bound['one_stream_chars_per_s']:,.0f} chars/s; "
+            "weights that fit in cache can beat it."
+        )
     if args.json:
         options = {k: v for k, v in vars(args).items()}
-        path = common.write_json(args.json, "sample", info, options, {"rows": results, "bandwidth_bound": bound,
-                                                                               "mixed_pools": mixed})
+        path = common.write_json(
+            args.json, "sample", info, options, {"rows": results, "bandwidth_bound": bound, "mixed_pools": mixed}
+        )
         print(f"wrote {path}", file=sys.stderr)
 
 

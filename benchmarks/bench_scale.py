@@ -138,11 +138,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=500.0, help="Size of the generated corpus in MB (1e6 bytes).")
     parser.add_argument("--steps", type=int, default=5, help="Training steps per train run.")
-    parser.add_argument("--train-args", default="--hidden-size 512 --num-layers 2 --batch-size 32 --seq-len 100",
-                        help="Model/batch options for the train runs.")
-    parser.add_argument("--eval-chars", type=int, default=200_000, help="--eval-chars of the train runs (their closing evaluation).")
+    parser.add_argument(
+        "--train-args",
+        default="--hidden-size 512 --num-layers 2 --batch-size 32 --seq-len 100",
+        help="Model/batch options for the train runs.",
+    )
+    parser.add_argument(
+        "--eval-chars", type=int, default=200_000, help="--eval-chars of the train runs (their closing evaluation)."
+    )
     parser.add_argument("--chunk-mb", type=float, default=8.0, help="Read/encode chunk size in MiB.")
-    parser.add_argument("--workdir", type=Path, default=None, help="Where to generate the corpus (default: a temp folder, removed after).")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="Where to generate the corpus (default: a temp folder, removed after).",
+    )
     parser.add_argument("--quick", action="store_true", help="Smoke run: 20 MB, 2 steps.")
     parser.add_argument("--json", dest="json_path", default=None, help=common.json_help())
     args = parser.parse_args()
@@ -169,8 +179,21 @@ def main() -> None:
 
         small = work / "small.txt"
         small.write_bytes(next(corpus_dir.rglob("*.txt")).read_bytes()[: 1 << 20].decode("utf-8", "ignore").encode())
-        common_args = [*args.train_args.split(), "--max-steps", str(args.steps), "--eval-every", str(10**9),
-                       "--eval-chars", str(args.eval_chars), "--sample-length", "0", "--device", "cpu", "-q", "--force"]
+        common_args = [
+            *args.train_args.split(),
+            "--max-steps",
+            str(args.steps),
+            "--eval-every",
+            str(10**9),
+            "--eval-chars",
+            str(args.eval_chars),
+            "--sample-length",
+            "0",
+            "--device",
+            "cpu",
+            "-q",
+            "--force",
+        ]
         plan = [
             ("baseline", [str(small), *common_args, "--no-cache"]),
             ("train 1", [str(corpus_dir), *common_args, "--cache-dir", str(work / "cache-train")]),
@@ -188,19 +211,36 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     rows = [
-        ["encode (both passes + cache write)",
-         f"{enc['mb_per_s']:.1f} MB/s ({enc['mb_per_cpu_s']:.1f} per CPU-s)", common.fmt(enc["peak_rss_mb"]), "-"],
-        ["baseline: 1 MB file, no cache", "-", common.fmt(runs["baseline"]["peak_rss_mb"]),
-         common.fmt(runs["baseline"]["seconds_to_first_step"], 2)],
-        ["train 1: encodes, then trains", "-", common.fmt(runs["train 1"]["peak_rss_mb"]),
-         common.fmt(runs["train 1"]["seconds_to_first_step"], 2)],
-        ["train 2: cache reused", "-", common.fmt(runs["train 2"]["peak_rss_mb"]),
-         common.fmt(runs["train 2"]["seconds_to_first_step"], 2)],
+        [
+            "encode (both passes + cache write)",
+            f"{enc['mb_per_s']:.1f} MB/s ({enc['mb_per_cpu_s']:.1f} per CPU-s)",
+            common.fmt(enc["peak_rss_mb"]),
+            "-",
+        ],
+        [
+            "baseline: 1 MB file, no cache",
+            "-",
+            common.fmt(runs["baseline"]["peak_rss_mb"]),
+            common.fmt(runs["baseline"]["seconds_to_first_step"], 2),
+        ],
+        [
+            "train 1: encodes, then trains",
+            "-",
+            common.fmt(runs["train 1"]["peak_rss_mb"]),
+            common.fmt(runs["train 1"]["seconds_to_first_step"], 2),
+        ],
+        [
+            "train 2: cache reused",
+            "-",
+            common.fmt(runs["train 2"]["peak_rss_mb"]),
+            common.fmt(runs["train 2"]["seconds_to_first_step"], 2),
+        ],
     ]
     common.print_table(
         f"{input_bytes / 1e6:,.0f} MB corpus, {enc['files']} files ({enc['skipped']} skipped), {enc['chars']:,} chars, "
         f"vocab {enc['vocab']} ({enc['dtype']})",
-        ["phase", "throughput", "peak RSS MiB", "s to 1st step"], rows,
+        ["phase", "throughput", "peak RSS MiB", "s to 1st step"],
+        rows,
     )
     targets = {
         "encode_mb_per_s >= 50": enc["mb_per_s"] >= 50,
@@ -210,7 +250,9 @@ def main() -> None:
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()))
     if args.json_path:
         results = {"input_bytes": input_bytes, "generate": gen, "encode": enc, "train": runs, "targets": targets}
-        path = common.write_json(args.json_path, "bench_scale", info, vars(args) | {"workdir": str(args.workdir)}, results)
+        path = common.write_json(
+            args.json_path, "bench_scale", info, vars(args) | {"workdir": str(args.workdir)}, results
+        )
         print(f"wrote {path}", file=sys.stderr)
 
 

@@ -39,7 +39,7 @@ from torch import nn
 
 import common
 from charrnn.cli.common import stderr_console
-from charrnn.cli.train import Progress
+from charrnn.cli.progress import Progress
 from charrnn.corpus import default_corpus_path, read_text
 from charrnn.data import Corpus, split
 from charrnn.model import ModelConfig
@@ -95,8 +95,9 @@ class BareModel(nn.Module):
 class BareLoop:
     """The plain truncated-BPTT loop over ``batch_size`` contiguous streams of ``ids``."""
 
-    def __init__(self, spec: Spec, ids: np.ndarray, vocab_size: int, seed: int = 0,
-                 device: str = "cpu", dtype: str = "fp32"):
+    def __init__(
+        self, spec: Spec, ids: np.ndarray, vocab_size: int, seed: int = 0, device: str = "cpu", dtype: str = "fp32"
+    ):
         torch.manual_seed(seed)
         self.spec, self.vocab_size = spec, vocab_size
         self.device, self.dtype = torch.device(device), dtype
@@ -168,18 +169,36 @@ class Timer(Callback):
 class CharrnnLoop:
     """charrnn's Trainer, run again for each repetition, timed through its callback."""
 
-    def __init__(self, spec: Spec, corpus: Corpus, val_frac: float, progress_bar: bool, seed: int = 0,
-                 device: str = "cpu", dtype: str = "fp32"):
+    def __init__(
+        self,
+        spec: Spec,
+        corpus: Corpus,
+        val_frac: float,
+        progress_bar: bool,
+        seed: int = 0,
+        device: str = "cpu",
+        dtype: str = "fp32",
+    ):
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-train-")
         self.progress = Progress(stderr_console(), quiet=not progress_bar)
         self.timer = Timer(self.progress, torch.device(device))
         model_config = ModelConfig(
-            vocab_size=len(corpus.vocab), cell=spec.cell, num_layers=spec.num_layers,
-            hidden_size=spec.hidden_size, embedding_size=EMBEDDING_SIZE,
+            vocab_size=len(corpus.vocab),
+            cell=spec.cell,
+            num_layers=spec.num_layers,
+            hidden_size=spec.hidden_size,
+            embedding_size=EMBEDDING_SIZE,
         )
         config = TrainConfig(
-            batch_size=spec.batch_size, seq_len=spec.seq_len, lr=LR, grad_clip=GRAD_CLIP,
-            max_steps=1, eval_every=10**9, val_frac=val_frac, seed=seed, dtype=dtype,
+            batch_size=spec.batch_size,
+            seq_len=spec.seq_len,
+            lr=LR,
+            grad_clip=GRAD_CLIP,
+            max_steps=1,
+            eval_every=10**9,
+            val_frac=val_frac,
+            seed=seed,
+            dtype=dtype,
         )
         self.trainer = Trainer(model_config, config, corpus, self.tmp.name, device=device, callback=self.timer)
 
@@ -229,7 +248,9 @@ def child(args) -> dict:
     if args.child_memory in (None, "bare"):
         loops["bare"] = BareLoop(spec, train_ids, len(corpus.vocab), device=args.device, dtype=args.dtype)
     if args.child_memory in (None, "charrnn"):
-        loops["charrnn"] = CharrnnLoop(spec, corpus, args.val_frac, args.progress_bar, device=args.device, dtype=args.dtype)
+        loops["charrnn"] = CharrnnLoop(
+            spec, corpus, args.val_frac, args.progress_bar, device=args.device, dtype=args.dtype
+        )
     model = loops["bare"].model if "bare" in loops else loops["charrnn"].trainer.model
     result = {"params": sum(p.numel() for p in model.parameters())}
     result["rates"] = {name: [] for name in loops}
@@ -269,11 +290,28 @@ def child(args) -> dict:
 
 def start_child(args, name: str, memory: str | None) -> subprocess.Popen:
     """Start this script on one configuration in a fresh process; ``finish_child`` collects it."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--warmup", str(args.warmup),
-           "--repeats", str(args.repeats), "--val-frac", str(args.val_frac), "--device", args.device,
-           "--dtype", args.dtype]
-    for flag, value in (("--steps", args.steps), ("--threads", args.threads), ("--corpus", args.corpus),
-                        ("--child-memory", memory)):
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        name,
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+        "--val-frac",
+        str(args.val_frac),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ]
+    for flag, value in (
+        ("--steps", args.steps),
+        ("--threads", args.threads),
+        ("--corpus", args.corpus),
+        ("--child-memory", memory),
+    ):
         if value:
             cmd += [flag, str(value)]
     if args.progress_bar:
@@ -295,16 +333,33 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"Comma-separated, from: {', '.join(CONFIGS)}.")
-    parser.add_argument("--steps", type=int, default=None, help="Timed steps per repetition [default: per config, 5-15 s on 2 cores].")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Timed steps per repetition [default: per config, 5-15 s on 2 cores]."
+    )
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps at the start of every repetition (>= 1).")
-    parser.add_argument("--repeats", type=int, default=3, help="Repetitions of each loop, alternating; the median is reported.")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both loops [default: torch's choice].")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="Repetitions of each loop, alternating; the median is reported."
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads for both loops [default: torch's choice]."
+    )
     parser.add_argument("--corpus", default=None, help="Text to train on [default: the embedded Tiny Shakespeare].")
-    parser.add_argument("--val-frac", type=float, default=0.01, help="Held-out fraction; small, because run() evaluates it once at the end (untimed).")
+    parser.add_argument(
+        "--val-frac",
+        type=float,
+        default=0.01,
+        help="Held-out fraction; small, because run() evaluates it once at the end (untimed).",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both loops.")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="Autocast precision of both loops (bf16/fp16: CUDA only).")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="fp32", help="Autocast precision of both loops (bf16/fp16: CUDA only)."
+    )
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory child processes.")
-    parser.add_argument("--progress-bar", action="store_true", help="Time charrnn with the tqdm bar on stderr, as `charrnn train` without -q.")
+    parser.add_argument(
+        "--progress-bar",
+        action="store_true",
+        help="Time charrnn with the tqdm bar on stderr, as `charrnn train` without -q.",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
     parser.add_argument("--quick", action="store_true", help=f"Smoke run in seconds: {QUICK}.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -345,8 +400,15 @@ def main(argv=None) -> None:
             print(f"{name}: peak memory ...", file=sys.stderr, flush=True)
             procs = {loop: start_child(args, name, loop) for loop in ("bare", "charrnn")}
             memory = {loop: finish_child(proc, name) for loop, proc in procs.items()}
-        row = {"config": name, **asdict(spec), "embedding_size": EMBEDDING_SIZE, "steps": timing["steps"],
-               "warmup": args.warmup, "repeats": args.repeats, "params": timing["params"]}
+        row = {
+            "config": name,
+            **asdict(spec),
+            "embedding_size": EMBEDDING_SIZE,
+            "steps": timing["steps"],
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "params": timing["params"],
+        }
         for loop in ("bare", "charrnn"):
             rates = timing["rates"][loop]
             row[loop] = {
@@ -363,13 +425,35 @@ def main(argv=None) -> None:
         row["meets_target"] = row["ratio"] >= TARGET_RATIO
         results.append(row)
 
-    columns = ["config", "B x T", "params", "bare ch/s", "charrnn ch/s", "ratio", f">={TARGET_RATIO}", "step ratio", "spread", "base MiB", "bare MiB", "charrnn MiB"]
+    columns = [
+        "config",
+        "B x T",
+        "params",
+        "bare ch/s",
+        "charrnn ch/s",
+        "ratio",
+        f">={TARGET_RATIO}",
+        "step ratio",
+        "spread",
+        "base MiB",
+        "bare MiB",
+        "charrnn MiB",
+    ]
     rows = [
-        [r["config"], f"{r['batch_size']}x{r['seq_len']}", common.fmt(r["params"]), common.fmt(r["bare"]["chars_per_s"]),
-         common.fmt(r["charrnn"]["chars_per_s"]), f"{r['ratio']:.3f}", "yes" if r["meets_target"] else "NO",
-         f"{r['ratio_median_step']:.3f}",
-         f"{max(r['bare']['spread'], r['charrnn']['spread']):.0%}",
-         common.fmt(r["bare"]["base_rss_mb"]), common.fmt(r["bare"]["peak_rss_mb"]), common.fmt(r["charrnn"]["peak_rss_mb"])]
+        [
+            r["config"],
+            f"{r['batch_size']}x{r['seq_len']}",
+            common.fmt(r["params"]),
+            common.fmt(r["bare"]["chars_per_s"]),
+            common.fmt(r["charrnn"]["chars_per_s"]),
+            f"{r['ratio']:.3f}",
+            "yes" if r["meets_target"] else "NO",
+            f"{r['ratio_median_step']:.3f}",
+            f"{max(r['bare']['spread'], r['charrnn']['spread']):.0%}",
+            common.fmt(r["bare"]["base_rss_mb"]),
+            common.fmt(r["bare"]["peak_rss_mb"]),
+            common.fmt(r["charrnn"]["peak_rss_mb"]),
+        ]
         for r in results
     ]
     if args.device.startswith("cuda"):
@@ -377,13 +461,17 @@ def main(argv=None) -> None:
         for row, r in zip(rows, results):
             row += [common.fmt(r["bare"]["peak_gpu_mb"]), common.fmt(r["charrnn"]["peak_gpu_mb"])]
     where = f" on {args.device}" + (f", {args.dtype} autocast" if args.dtype != "fp32" else "")
-    title = f"training throughput{where}, median of {args.repeats} alternating repetitions" + (" (QUICK: noisy smoke run)" if args.quick else "")
+    title = f"training throughput{where}, median of {args.repeats} alternating repetitions" + (
+        " (QUICK: noisy smoke run)" if args.quick else ""
+    )
     common.print_table(title, columns, rows)
-    print("ratio = charrnn / bare chars/s in the same process; step ratio = the same from each loop's median step time\n"
-          "(robust to stalls from other processes); spread = (max - min) / median of the repetitions, the larger of\n"
-          "the two loops (over ~5% means the machine was busy: rerun); MiB = peak RSS of a separate short run of\n"
-          "each loop (read before charrnn's final eval/save); base = RSS after imports and loading the corpus;\n"
-          "GPU MiB = torch.cuda.max_memory_allocated in that same run.")
+    print(
+        "ratio = charrnn / bare chars/s in the same process; step ratio = the same from each loop's median step time\n"
+        "(robust to stalls from other processes); spread = (max - min) / median of the repetitions, the larger of\n"
+        "the two loops (over ~5% means the machine was busy: rerun); MiB = peak RSS of a separate short run of\n"
+        "each loop (read before charrnn's final eval/save); base = RSS after imports and loading the corpus;\n"
+        "GPU MiB = torch.cuda.max_memory_allocated in that same run."
+    )
     if args.json:
         options = {k: v for k, v in vars(args).items() if not k.startswith("child")}
         path = common.write_json(args.json, "train", info, options, results)

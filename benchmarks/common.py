@@ -177,7 +177,9 @@ def print_table(title: str, columns: list[str], rows: list[list], file=None) -> 
     """A plain-text table: first column left-aligned, the others right-aligned."""
     file = file or sys.stdout
     cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(columns[i]), *(len(r[i]) for r in cells)) if cells else len(columns[i]) for i in range(len(columns))]
+    widths = [
+        max(len(columns[i]), *(len(r[i]) for r in cells)) if cells else len(columns[i]) for i in range(len(columns))
+    ]
 
     def line(values):
         parts = [values[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(values[1:], widths[1:])]

@@ -11,9 +11,9 @@ results for the same options and seed; training is ``charrnn.train`` (``charrnn.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.data import Vocab, split
 from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError, DataError, option
-from charrnn.loss import LN2, Loss, evaluate as mean_loss
+from charrnn.loss import LN2, Loss
+from charrnn.loss import evaluate as mean_loss
 from charrnn.model import CharRNN, ModelConfig, detach_state
 from charrnn.sample import generate as generate_steps
 from charrnn.threads import sampling_threads, torch_threads
@@ -94,7 +95,9 @@ class Model:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"<charrnn.Model {c.cell.upper()} {c.num_layers}x{c.hidden_size}, vocab {c.vocab_size}, on {self.device}>"
+        return (
+            f"<charrnn.Model {c.cell.upper()} {c.num_layers}x{c.hidden_size}, vocab {c.vocab_size}, on {self.device}>"
+        )
 
     def generate(
         self,
@@ -114,8 +117,17 @@ class Model:
         stream on a CPU, torch runs on one thread while the iterator is open and the step's products
         run on numpy's BLAS threads (``charrnn.threads.sampling_threads``), as ``charrnn sample`` does.
         """
-        steps = generate_steps(self.module, self.vocab, length=length, prime=prime, temperature=temperature,
-                               top_k=top_k, argmax=argmax, num_samples=num_samples, seed=seed)
+        steps = generate_steps(
+            self.module,
+            self.vocab,
+            length=length,
+            prime=prime,
+            temperature=temperature,
+            top_k=top_k,
+            argmax=argmax,
+            num_samples=num_samples,
+            seed=seed,
+        )
         return self._pieces(steps, prime, num_samples)
 
     def _pieces(self, steps, prime: str, num_samples: int) -> Iterator[str]:
@@ -146,8 +158,9 @@ class Model:
     ) -> str | list[str]:
         """The prime followed by ``length`` generated characters: ``"".join(generate(...))`` with the same
         arguments, and the text ``charrnn sample`` prints for them. ``num_samples > 1``: a list of samples."""
-        pieces = self.generate(length, prime=prime, temperature=temperature, top_k=top_k, argmax=argmax,
-                               seed=seed, num_samples=num_samples)
+        pieces = self.generate(
+            length, prime=prime, temperature=temperature, top_k=top_k, argmax=argmax, seed=seed, num_samples=num_samples
+        )
         return "".join(pieces) if num_samples == 1 else list(pieces)
 
     @torch.no_grad()
@@ -205,8 +218,9 @@ def evaluate(
     ckpt = model.checkpoint
     if text is None:
         cache = Path(ckpt.path).parent / "cache" if ckpt.path is not None else None
-        corpus, _ = checkpoint_corpus(ckpt, encoding=encoding,
-                                      cache_dir=cache if cache is not None and cache.is_dir() else None)
+        corpus, _ = checkpoint_corpus(
+            ckpt, encoding=encoding, cache_dir=cache if cache is not None and cache.is_dir() else None
+        )
         _, ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
         what = f"validation split of {corpus.name}"
     else:

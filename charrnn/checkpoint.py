@@ -237,4 +237,3 @@ def _check_weights(weights: dict, config: ModelConfig, bad: str) -> None:
             )
         if not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{bad} (weight {name!r} holds NaN or infinite values)")
-

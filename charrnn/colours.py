@@ -17,7 +17,11 @@ import numpy as np
 Anchors = tuple[tuple[float, tuple[int, int, int]], ...]
 
 DIVERGING: Anchors = (
-    (-1.0, (33, 102, 172)), (-0.5, (103, 169, 207)), (0.0, (247, 247, 247)), (0.5, (239, 138, 98)), (1.0, (178, 24, 43))
+    (-1.0, (33, 102, 172)),
+    (-0.5, (103, 169, 207)),
+    (0.0, (247, 247, 247)),
+    (0.5, (239, 138, 98)),
+    (1.0, (178, 24, 43)),
 )
 SEQUENTIAL: Anchors = ((0.0, (247, 247, 247)), (0.5, (244, 165, 130)), (1.0, (178, 24, 43)))
 MAPS: dict[str, Anchors] = {"diverging": DIVERGING, "sequential": SEQUENTIAL}

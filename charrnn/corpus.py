@@ -22,8 +22,17 @@ from charrnn.errors import DataError
 from charrnn.reader import CHUNK_BYTES, Reader, Skipped, Sources, describe_skipped, read_joined
 
 __all__ = [
-    "CHUNK_BYTES", "EMBEDDED_NAME", "LoadedCorpus", "Skipped", "Sources", "default_corpus_path", "describe_skipped",
-    "is_glob", "load_corpus", "read_text", "resolve_inputs",
+    "CHUNK_BYTES",
+    "EMBEDDED_NAME",
+    "LoadedCorpus",
+    "Skipped",
+    "Sources",
+    "default_corpus_path",
+    "describe_skipped",
+    "is_glob",
+    "load_corpus",
+    "read_text",
+    "resolve_inputs",
 ]
 
 EMBEDDED_NAME = "tinyshakespeare (embedded)"
@@ -80,8 +89,13 @@ def resolve_inputs(inputs: str | Path | None, exclude: tuple[Path, ...] = ()) ->
         excluded = _inside(root, exclude)
         found = []
         for folder, dirs, names in os.walk(root):
-            dirs[:] = [d for d in dirs if not d.startswith(".") and not _under(Path(folder, d), excluded)
-                       and not Path(folder, d, CACHEDIR_TAG).exists()]
+            dirs[:] = [
+                d
+                for d in dirs
+                if not d.startswith(".")
+                and not _under(Path(folder, d), excluded)
+                and not Path(folder, d, CACHEDIR_TAG).exists()
+            ]
             found += [Path(folder, n) for n in names if not n.startswith(".") and Path(folder, n).is_file()]
         files = _sorted_files(found, excluded)
         if not files:
@@ -133,8 +147,9 @@ def _sorted_files(paths: list[Path], excluded: tuple[Path, ...]) -> tuple[Path, 
     return tuple(unique[k] for k in sorted(unique))
 
 
-def read_text(inputs: str | Path | None, *, encoding: str = "utf-8", separator: str = "\n",
-              max_chars: int | None = None) -> str:
+def read_text(
+    inputs: str | Path | None, *, encoding: str = "utf-8", separator: str = "\n", max_chars: int | None = None
+) -> str:
     """The text ``inputs`` names (see ``resolve_inputs``; None: the embedded corpus, always UTF-8),
     exactly as written (no newline translation, BOMs dropped), several files joined by ``separator``.
 
@@ -184,12 +199,19 @@ def load_corpus(
 
 
 def _corpus(sources: Sources, ids: np.ndarray, vocab: Vocab, sha256: str, separator: str) -> Corpus:
-    return Corpus(name=sources.name, ids=ids, vocab=vocab, sha256=sha256, path=sources.path,
-                  separator=None if sources.single else separator)
+    return Corpus(
+        name=sources.name,
+        ids=ids,
+        vocab=vocab,
+        sha256=sha256,
+        path=sources.path,
+        separator=None if sources.single else separator,
+    )
 
 
-def _build(sources: Sources, stats: list, reader: Reader, separator: str, vocab: Vocab | None,
-           cache: Cache | None) -> LoadedCorpus:
+def _build(
+    sources: Sources, stats: list, reader: Reader, separator: str, vocab: Vocab | None, cache: Cache | None
+) -> LoadedCorpus:
     """Both passes; into ``cache`` (then memory-mapped) or into memory."""
     found = survey(sources, reader, separator)
     if vocab is None:
@@ -216,8 +238,16 @@ def _build(sources: Sources, stats: list, reader: Reader, separator: str, vocab:
             discard(data_file)
         raise DataError(f"{sources.name}: files changed while the corpus was being encoded; run again")
     if cache is not None:
-        cache.commit(stats, n_files=len(found.files), skipped=[(s.path, s.reason) for s in found.skipped],
-                     n_chars=found.n_chars, text_chars=found.chars, vocab=vocab, sha256=digest, data_file=data_file)
+        cache.commit(
+            stats,
+            n_files=len(found.files),
+            skipped=[(s.path, s.reason) for s in found.skipped],
+            n_chars=found.n_chars,
+            text_chars=found.chars,
+            vocab=vocab,
+            sha256=digest,
+            data_file=data_file,
+        )
         ids = np.load(data_file, mmap_mode="r")
     corpus = _corpus(sources, ids, vocab, digest, separator)
     return LoadedCorpus(corpus, len(found.files), tuple(found.skipped), "off" if cache is None else "built", data_file)

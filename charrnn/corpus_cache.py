@@ -13,9 +13,9 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -145,8 +145,18 @@ class Cache:
                 discard(Path(tmp_name))
         return data_file, digest
 
-    def commit(self, stats: Stats, *, n_files: int, skipped: list[tuple[str, str]], n_chars: int, text_chars: str,
-               vocab: Vocab, sha256: str, data_file: Path) -> None:
+    def commit(
+        self,
+        stats: Stats,
+        *,
+        n_files: int,
+        skipped: list[tuple[str, str]],
+        n_chars: int,
+        text_chars: str,
+        vocab: Vocab,
+        sha256: str,
+        data_file: Path,
+    ) -> None:
         """Point the manifest at ``data_file`` (atomically), then drop the ids file it named before."""
         manifest = {
             "format": CACHE_FORMAT,

@@ -30,7 +30,7 @@ class Vocab:
             raise ValueError(f"a vocabulary is a sorted string of distinct characters, got {self.chars!r:.80}")
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str) -> Vocab:
         return cls("".join(sorted(set(text))))
 
     def __len__(self) -> int:
@@ -113,7 +113,7 @@ class Corpus:
     separator: str | None = None  # between the files of a folder or glob; None for one file
 
     @classmethod
-    def from_text(cls, text: str, name: str, vocab: Vocab | None = None, path: str | None = None) -> "Corpus":
+    def from_text(cls, text: str, name: str, vocab: Vocab | None = None, path: str | None = None) -> Corpus:
         """Encode ``text``; with ``vocab`` given (fine-tuning), every character must be in it."""
         if vocab is None:
             vocab = Vocab.from_text(text)

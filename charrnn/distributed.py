@@ -200,11 +200,10 @@ def init(device: torch.device, init_method: str | None = None) -> Session:
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise ConfigError(
-            f"{option('device', device.type)} cannot train with several processes; use cuda or cpu"
-        )
-    dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
-                            timeout=TIMEOUT)
+        raise ConfigError(f"{option('device', device.type)} cannot train with several processes; use cuda or cpu")
+    dist.init_process_group(
+        backend, init_method=init_method or "env://", rank=rank, world_size=world_size, timeout=TIMEOUT
+    )
     return Session(rank, world_size, local_rank, device, backend, _settled=False)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _CLI_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("charrnn_cli_names", default=False)
 

@@ -129,11 +129,13 @@ def _find_table(feature: str, rows: list[tuple[UnitScore, int]]) -> str:
     for rank, (score, view) in enumerate(rows, 1):
         rgb = colour("diverging", score.r)
         out.append(
-            f'<tr data-view={view}><td>{rank}<td>{score.layer + 1}<td>{score.unit}'
+            f"<tr data-view={view}><td>{rank}<td>{score.layer + 1}<td>{score.unit}"
             f'<td style="background:rgb{rgb};color:rgb{text_colour(rgb)}">{score.r:+.3f}</tr>'
         )
-    out.append("</table><p class=note>Pearson r of the unit's activation with the feature, over this text. "
-               "Click a row to show that unit.</p></section>")
+    out.append(
+        "</table><p class=note>Pearson r of the unit's activation with the feature, over this text. "
+        "Click a row to show that unit.</p></section>"
+    )
     return "\n".join(out)
 
 
@@ -151,14 +153,14 @@ def _gates_svg(gates: list[GateSaturation]) -> str:
         svg = [
             f'<svg viewBox="0 0 {size} {size}" width={size} height={size} role=img>'
             f"<title>layer {layer + 1} gate saturation</title>",
-            f'<text x={size // 2} y=14 text-anchor=middle font-weight=bold>layer {layer + 1}</text>',
+            f"<text x={size // 2} y=14 text-anchor=middle font-weight=bold>layer {layer + 1}</text>",
             f'<path d="M{pad} {pad}V{size - pad}H{size - pad}" stroke="#888" fill=none />',
             f'<path d="M{pad} {pad}L{size - pad} {size - pad}" stroke="#ccc" stroke-dasharray="3 3" fill=none />',
-            f'<text x={size // 2} y={size - 8} text-anchor=middle>left-saturated</text>',
+            f"<text x={size // 2} y={size - 8} text-anchor=middle>left-saturated</text>",
             f'<text transform="translate(12 {size // 2}) rotate(-90)" text-anchor=middle>right-saturated</text>',
-            f'<text x={pad} y={size - pad + 12} text-anchor=middle>0</text>'
-            f'<text x={size - pad} y={size - pad + 12} text-anchor=middle>1</text>'
-            f'<text x={pad - 4} y={pad + 4} text-anchor=end>1</text>',
+            f"<text x={pad} y={size - pad + 12} text-anchor=middle>0</text>"
+            f"<text x={size - pad} y={size - pad + 12} text-anchor=middle>1</text>"
+            f"<text x={pad - 4} y={pad + 4} text-anchor=end>1</text>",
         ]
         for g in (g for g in gates if g.layer == layer):
             xs = pad + g.left * span
@@ -167,7 +169,7 @@ def _gates_svg(gates: list[GateSaturation]) -> str:
             d = "".join(f"M{x:.1f} {y:.1f}h0" for x, y in zip(xs, ys))
             svg.append(
                 f'<path d="{d}" stroke="{GATE_COLOURS.get(g.gate, "#444")}" stroke-width=4 '
-                f'stroke-linecap=round opacity=.55 fill=none><title>{g.gate} gate</title></path>'
+                f"stroke-linecap=round opacity=.55 fill=none><title>{g.gate} gate</title></path>"
             )
         svg.append("</svg>")
         parts.append("".join(svg))
@@ -313,8 +315,8 @@ def render_page(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         *(f"<p class=meta>{html.escape(line)}</p>" for line in meta),
-        f'<div id=controls><label>show <select id=view>{options}</select></label>'
-        '<span><span id=lo></span><span id=bar></span><span id=hi></span></span>'
+        f"<div id=controls><label>show <select id=view>{options}</select></label>"
+        "<span><span id=lo></span><span id=bar></span><span id=hi></span></span>"
         "<span class=note>hover a character for its value and the model's guesses</span></div>",
         f"<div id=text>{spans}</div>",
     ]

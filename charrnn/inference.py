@@ -39,8 +39,9 @@ backend. The weights are copies made once; the source model is not changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch

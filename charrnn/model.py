@@ -44,7 +44,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         """Rebuild from ``to_dict()`` output; unknown or missing keys raise ConfigError."""
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names

@@ -9,9 +9,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import itertools
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator, Iterator, TypeVar
+from typing import TypeVar
 
 from charrnn.errors import ConfigError, DataError, option
 
@@ -124,8 +125,10 @@ class Reader:
             if b"\x00" in head:
                 utf16 = head[:2] in (b"\xff\xfe", b"\xfe\xff")
                 hint = f" (it looks like UTF-16: pass {option('encoding', 'utf-16')})" if utf16 else ""
-                raise Unusable("binary", f"{name}: looks like a binary file, not text (it contains NUL bytes){hint}; "
-                                         "pass a text file")
+                raise Unusable(
+                    "binary",
+                    f"{name}: looks like a binary file, not text (it contains NUL bytes){hint}; pass a text file",
+                )
             if head.startswith(codecs.BOM_UTF8):
                 head, dropped = head[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
         step = self.chunk_size
@@ -159,10 +162,13 @@ class Reader:
 
     def _undecodable(self, name: str, exc: UnicodeDecodeError, base: int) -> Unusable:
         where = f"byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start}"
-        return Unusable(f"not {self.encoding}", (
-            f"{name}: is not valid {self.encoding} ({where}); if it is Latin-1 or another encoding, pass it with "
-            f"{option('encoding')}, e.g. {option('encoding', 'latin-1')}"
-        ))
+        return Unusable(
+            f"not {self.encoding}",
+            (
+                f"{name}: is not valid {self.encoding} ({where}); if it is Latin-1 or another encoding, pass it with "
+                f"{option('encoding')}, e.g. {option('encoding', 'latin-1')}"
+            ),
+        )
 
 
 def _last_boundary(data: bytes) -> int:
@@ -177,8 +183,9 @@ def _last_boundary(data: bytes) -> int:
     return len(data)  # not UTF-8 after all; pass 2 finds out
 
 
-def usable_files(sources: Sources, reader: Reader, read: Callable[[Path, str], T],
-                 skipped: list[Skipped]) -> Iterator[tuple[Path, T]]:
+def usable_files(
+    sources: Sources, reader: Reader, read: Callable[[Path, str], T], skipped: list[Skipped]
+) -> Iterator[tuple[Path, T]]:
     """(path, ``read(path, name)``) for each usable file, in order. A file ``read`` finds Unusable is a
     DataError when it is the one file named, else it goes to ``skipped``; DataError if none is usable."""
     accepted = 0

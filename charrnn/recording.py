@@ -62,8 +62,12 @@ class Recording:
 
 
 def check_options(
-    config: ModelConfig, *, what: str | None = None, units: Iterable[int] = (), layer: int | None = None,
-    gates: bool = False
+    config: ModelConfig,
+    *,
+    what: str | None = None,
+    units: Iterable[int] = (),
+    layer: int | None = None,
+    gates: bool = False,
 ) -> tuple[str, list[int], int | None]:
     """``record``'s options checked against a model's config, before any work: (the quantity, defaulted;
     the units; the layer index from 0, or None). ConfigError naming the option that does not fit."""
@@ -119,9 +123,18 @@ def record(
     if corr_probe is not None:
         found = _record_found(model, ids, what, viz.rank_units(corr_probe.r, search_layers, top), progress)
     return Recording(
-        text, source, source_n_chars, checkpoint, cfg, vocab, what,
+        text,
+        source,
+        source_n_chars,
+        checkpoint,
+        cfg,
+        vocab,
+        what,
         units=[Trace(unit_layer, u, unit_probe.values[:, i]) for i, u in enumerate(units)],
-        found=found, predictions=prediction_probe.result, feature=find, feature_values=values,
+        found=found,
+        predictions=prediction_probe.result,
+        feature=find,
+        feature_values=values,
         gates=gate_probe.result if gate_probe is not None else None,
     )
 
@@ -151,8 +164,10 @@ def to_json(rec: Recording) -> dict:
     """
     cfg, preds = rec.config, rec.predictions
     units = [{"layer": t.layer + 1, "unit": t.unit, "what": rec.what, "values": _rounded(t.values)} for t in rec.units]
-    units += [{"layer": t.layer + 1, "unit": t.unit, "what": rec.what, "r": round(t.r, 4), "values": _rounded(t.values)}
-              for t in rec.found]
+    units += [
+        {"layer": t.layer + 1, "unit": t.unit, "what": rec.what, "r": round(t.r, 4), "values": _rounded(t.values)}
+        for t in rec.found
+    ]
     top = [
         None if ids[0] < 0 else [[rec.vocab.chars[int(i)], round(float(p), 4)] for i, p in zip(ids, probs)]
         for ids, probs in zip(preds.top_ids, preds.top_probs)
@@ -169,11 +184,16 @@ def to_json(rec: Recording) -> dict:
         "predictions": {"prob": _rounded(preds.prob, 5), "bits": _rounded(preds.bits, 3), "top": top},
     }
     if rec.feature:
-        result["find"] = {"feature": rec.feature, "what": rec.what,
-                          "ranking": [{"layer": t.layer + 1, "unit": t.unit, "r": round(t.r, 4)} for t in rec.found]}
+        result["find"] = {
+            "feature": rec.feature,
+            "what": rec.what,
+            "ranking": [{"layer": t.layer + 1, "unit": t.unit, "r": round(t.r, 4)} for t in rec.found],
+        }
     if rec.gates is not None:
-        result["gates"] = [{"layer": g.layer + 1, "gate": g.gate, "left": _rounded(g.left), "right": _rounded(g.right)}
-                           for g in rec.gates]
+        result["gates"] = [
+            {"layer": g.layer + 1, "gate": g.gate, "left": _rounded(g.left), "right": _rounded(g.right)}
+            for g in rec.gates
+        ]
     return result
 
 
@@ -192,9 +212,16 @@ def to_html(rec: Recording) -> str:
         rows = [(viz.UnitScore(t.layer, t.unit, t.r), len(views) + i) for i, t in enumerate(rec.found)]
         views += [view(t, f", r = {t.r:+.3f} with {rec.feature}") for t in rec.found]
         fmin, fmax = float(rec.feature_values.min()), float(rec.feature_values.max())
-        views.append(html_report.View(f"feature {rec.feature}", f"the feature itself: {rec.feature}",
-                                      colours.scale_values(rec.feature_values, fmin, fmax, "sequential"),
-                                      "sequential", fmin, fmax))
+        views.append(
+            html_report.View(
+                f"feature {rec.feature}",
+                f"the feature itself: {rec.feature}",
+                colours.scale_values(rec.feature_values, fmin, fmax, "sequential"),
+                "sequential",
+                fmin,
+                fmax,
+            )
+        )
         find = (rec.feature, rows)
     views.append(html_report.surprisal_view(rec.predictions))
     cfg = rec.config
@@ -204,5 +231,13 @@ def to_html(rec: Recording) -> str:
         + (f", {rec.mean_bits:.3f} bits/char" if len(rec.text) > 1 else ""),
     ]
     title = f"charrnn visualize: {Path(rec.checkpoint).name}" if rec.checkpoint else "charrnn visualize"
-    return html_report.render_page(rec.text, title=title, meta=meta, views=views, vocab=rec.vocab.chars,
-                                   predictions=rec.predictions, find=find, gates=rec.gates)
+    return html_report.render_page(
+        rec.text,
+        title=title,
+        meta=meta,
+        views=views,
+        vocab=rec.vocab.chars,
+        predictions=rec.predictions,
+        find=find,
+        gates=rec.gates,
+    )

@@ -20,9 +20,10 @@ import dataclasses
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
@@ -65,13 +66,13 @@ def checkpoint_corpus(
     source = text if text is not None else recorded
     if separator is None:
         separator = ckpt.corpus.get("separator") or "\n"
-    corpus, loaded = read_corpus(source, encoding=encoding, separator=separator, vocab=ckpt.vocab,
-                                 cache_dir=cache_dir, exclude=exclude)
+    corpus, loaded = read_corpus(
+        source, encoding=encoding, separator=separator, vocab=ckpt.vocab, cache_dir=cache_dir, exclude=exclude
+    )
     if corpus.sha256 != ckpt.corpus.get("sha256"):
         if text is None:
             raise ConfigError(
-                f"{recorded or 'the embedded corpus'} changed since {ckpt.path} was trained on it; "
-                "pass the text to use"
+                f"{recorded or 'the embedded corpus'} changed since {ckpt.path} was trained on it; pass the text to use"
             )
         raise ConfigError(
             f"the text differs from the one {ckpt.path} was trained on; pass the same text to resume, "
@@ -82,8 +83,9 @@ def checkpoint_corpus(
 
 def read_corpus(text, *, encoding="utf-8", separator="\n", vocab=None, cache_dir=None, exclude=()):
     """``text`` (a file, folder, glob, or None for the embedded corpus) encoded, and how it was read."""
-    loaded = load_corpus(text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir,
-                         exclude=exclude)
+    loaded = load_corpus(
+        text, encoding=encoding, separator=separator, vocab=vocab, cache_dir=cache_dir, exclude=exclude
+    )
     return loaded.corpus, (loaded if text is not None else None)
 
 
@@ -92,8 +94,9 @@ class StopOnSignal:
     ``on_signal(name)``); a second raises KeyboardInterrupt at once. The previous handlers come back
     on exit. Outside the main thread (where Python allows no handlers) it does nothing."""
 
-    def __init__(self, signals=(signal.SIGINT,), on_signal: Callable[[str], None] = lambda name: None,
-                 coalesce_s: float = 0.0):
+    def __init__(
+        self, signals=(signal.SIGINT,), on_signal: Callable[[str], None] = lambda name: None, coalesce_s: float = 0.0
+    ):
         self.signals, self.on_signal = tuple(signals), on_signal
         self.received: str | None = None
         self._previous: dict = {}
@@ -216,11 +219,23 @@ class Run:
 
         def read():
             if resume is not None:
-                return checkpoint_corpus(source, text=text, encoding=run_values["encoding"], separator=separator,
-                                         cache_dir=cache_dir, exclude=exclude)
+                return checkpoint_corpus(
+                    source,
+                    text=text,
+                    encoding=run_values["encoding"],
+                    separator=separator,
+                    cache_dir=cache_dir,
+                    exclude=exclude,
+                )
             vocab = source.vocab if source is not None else None
-            return read_corpus(text, encoding=run_values["encoding"], separator=run_values["separator"],
-                               vocab=vocab, cache_dir=cache_dir, exclude=exclude)
+            return read_corpus(
+                text,
+                encoding=run_values["encoding"],
+                separator=run_values["separator"],
+                vocab=vocab,
+                cache_dir=cache_dir,
+                exclude=exclude,
+            )
 
         # Local rank 0 encodes (or checks) the cache first; the other processes on its machine then find it.
         corpus, self.loaded = distributed.local_main_first(session, read)
@@ -234,8 +249,7 @@ class Run:
         self.train_config = TrainConfig(**plan.train_values)
         self.sample_length = int(run_values["sample_length"])
         self.resumed = resume is not None
-        self._stop = StopOnSignal(on_signal=self.callback_on_signal,
-                                  coalesce_s=2.0 if session.active else 0.0)
+        self._stop = StopOnSignal(on_signal=self.callback_on_signal, coalesce_s=2.0 if session.active else 0.0)
         self.trainer = Trainer(
             model_config,
             self.train_config,
@@ -283,7 +297,12 @@ class Run:
                 result = self.trainer.run()
         finally:
             self.session.close()
-        if self.sample_length and self.session.is_main and result.best_path is not None and not result.stopped_by.startswith("interrupt"):
+        if (
+            self.sample_length
+            and self.session.is_main
+            and result.best_path is not None
+            and not result.stopped_by.startswith("interrupt")
+        ):
             from charrnn.api import load  # the API builds on this module, not the other way round
 
             model = load(result.best_path, device=self.trainer.device)
@@ -313,8 +332,16 @@ def train(
     raises KeyboardInterrupt; elsewhere pass ``should_stop``, a callable that returns True to stop
     (the run then saves ``last.pt`` and returns with ``stopped_by == "interrupt:should_stop"``).
     """
-    run = Run(text, out_dir=out_dir, resume=resume, init_from=init_from, force=force, callback=callback,
-              should_stop=should_stop, **options)
+    run = Run(
+        text,
+        out_dir=out_dir,
+        resume=resume,
+        init_from=init_from,
+        force=force,
+        callback=callback,
+        should_stop=should_stop,
+        **options,
+    )
     result = run.execute(signals=(signal.SIGINT,))
     if result.stopped_by == "interrupt:SIGINT":
         raise KeyboardInterrupt(f"training stopped by SIGINT; {result.last_path} saved, resume from it")

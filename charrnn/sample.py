@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from charrnn.data import Vocab
 from charrnn.errors import ConfigError, option
-from charrnn.model import CharRNN
 from charrnn.inference import StepModel
+from charrnn.model import CharRNN
 
 
 class Draw:
@@ -30,8 +30,16 @@ class Draw:
     NOISE_BLOCK = 64
     NOISE_ELEMENTS = 1 << 20  # 8 MB of float64 noise at most
 
-    def __init__(self, num_samples: int, vocab_size: int, *, temperature: float = 1.0, top_k: int | None = None,
-                 argmax: bool = False, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        num_samples: int,
+        vocab_size: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        argmax: bool = False,
+        generator: torch.Generator | None = None,
+    ):
         self.block_steps = max(1, min(self.NOISE_BLOCK, self.NOISE_ELEMENTS // (num_samples * vocab_size)))
         self.shape = (self.block_steps, num_samples, vocab_size)
         self.temperature, self.argmax, self.generator = temperature, argmax, generator

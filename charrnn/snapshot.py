@@ -69,8 +69,16 @@ def snapshot(
         "val_frac": train_config.val_frac,
         "separator": corpus.separator,
     }
-    return Checkpoint(path=None, model_config=model_config, vocab=corpus.vocab, weights=model.state_dict(),
-                      train_config=options, corpus=corpus_record, resume=resume, **state.to_dict())
+    return Checkpoint(
+        path=None,
+        model_config=model_config,
+        vocab=corpus.vocab,
+        weights=model.state_dict(),
+        train_config=options,
+        corpus=corpus_record,
+        resume=resume,
+        **state.to_dict(),
+    )
 
 
 @dataclass
@@ -103,8 +111,14 @@ def restore(
     from the seed, rank and step, and the run continues at the start of the next epoch.
     """
     try:
-        state = TrainState.from_dict({"progress": ckpt.progress, "history": ckpt.history,
-                                      "best_val_loss": ckpt.best_val_loss, "last_train_loss": ckpt.last_train_loss})
+        state = TrainState.from_dict(
+            {
+                "progress": ckpt.progress,
+                "history": ckpt.history,
+                "best_val_loss": ckpt.best_val_loss,
+                "last_train_loss": ckpt.last_train_loss,
+            }
+        )
     except ValueError as exc:
         where = f"{ckpt.path}: " if ckpt.path is not None else ""
         raise CheckpointError(

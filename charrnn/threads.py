@@ -9,8 +9,8 @@ on one thread (``benchmarks/bench_sample.py --mixed-pools`` measures it). For on
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits

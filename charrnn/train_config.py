@@ -74,9 +74,7 @@ class TrainConfig:
             raise ConfigError(f"{option('val_frac')} must be between 0 and 1 (exclusive), got {self.val_frac}")
         for name, choices in (("schedule", SCHEDULES), ("dtype", tuple(DTYPES)), ("on_nan", ("stop", "skip"))):
             if getattr(self, name) not in choices:
-                raise ConfigError(
-                    f"unknown {option(name, getattr(self, name))}; choose one of {', '.join(choices)}"
-                )
+                raise ConfigError(f"unknown {option(name, getattr(self, name))}; choose one of {', '.join(choices)}")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_frac <= 1 or not 0 < self.lr_decay <= 1:
             raise ConfigError(
                 f"{option('warmup_steps')} must be >= 0, {option('min_lr_frac')} in [0, 1], "
@@ -87,7 +85,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         """Rebuild from ``to_dict()`` output or a checkpoint's train_config; unknown keys raise ConfigError.
 
         The run facts a checkpoint carries beside the options (RUN_FACTS) are left out; missing
@@ -125,15 +123,17 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:
-            raise ConfigError(f"a training budget needs {option('max_steps')}, {option('max_epochs')} or "
-                              f"{option('max_time')}")
+            raise ConfigError(
+                f"a training budget needs {option('max_steps')}, {option('max_epochs')} or {option('max_time')}"
+            )
 
     @classmethod
-    def of(cls, config: TrainConfig, steps_per_epoch: int) -> "Budget":
+    def of(cls, config: TrainConfig, steps_per_epoch: int) -> Budget:
         """The budget ``config`` sets; DEFAULT_MAX_STEPS when it sets none."""
         unset = config.max_steps is None and config.max_epochs is None and config.max_time is None
-        return cls(DEFAULT_MAX_STEPS if unset else config.max_steps, config.max_epochs, config.max_time,
-                   steps_per_epoch)
+        return cls(
+            DEFAULT_MAX_STEPS if unset else config.max_steps, config.max_epochs, config.max_time, steps_per_epoch
+        )
 
     @property
     def total_steps(self) -> int | None:

@@ -58,7 +58,7 @@ class TrainState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainState":
+    def from_dict(cls, data: dict) -> TrainState:
         """Read back ``to_dict()`` output (or a whole checkpoint dict); ValueError naming what is malformed.
 
         ``lr_scale`` may be missing (1.0), as in checkpoints written before NaN skips existed.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,12 +30,31 @@ from charrnn.train_config import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Budget, T
 from charrnn.train_state import TrainState
 
 # The options' and callbacks' names stay importable from here, where callers have always found them.
-__all__ = ["Trainer", "STOP_REASONS", "Callback", "StepInfo", "EvalInfo", "TrainResult", "TrainConfig",
-           "learning_rate", "DEFAULT_MAX_STEPS", "DTYPES", "SCHEDULES"]
+__all__ = [
+    "Trainer",
+    "STOP_REASONS",
+    "Callback",
+    "StepInfo",
+    "EvalInfo",
+    "TrainResult",
+    "TrainConfig",
+    "learning_rate",
+    "DEFAULT_MAX_STEPS",
+    "DTYPES",
+    "SCHEDULES",
+]
 
 # Why a run stops, in rising order of precedence: with several processes the highest any of them
 # reports wins, so all stop at the same step for the same reason.
-STOP_REASONS = (None, "max_steps", "max_epochs", "max_time", "interrupt:should_stop", "interrupt:SIGINT", "interrupt:SIGTERM")
+STOP_REASONS = (
+    None,
+    "max_steps",
+    "max_epochs",
+    "max_time",
+    "interrupt:should_stop",
+    "interrupt:SIGINT",
+    "interrupt:SIGTERM",
+)
 
 
 def _finite_step(loss: float, grad_norm: float, scaled: bool) -> bool:
@@ -75,8 +94,9 @@ class Trainer:
         self.session = session or Session(device=self.device)
         if cfg.dtype != "fp32" and self.device.type != "cuda":
             # oneDNN's CPU LSTM kernel has no bf16 autocast path, and fp16 needs CUDA's loss scaling.
-            raise ConfigError(f"{option('dtype', cfg.dtype)} needs a CUDA device; use "
-                              f"{option('dtype', 'fp32')} on {self.device.type}")
+            raise ConfigError(
+                f"{option('dtype', cfg.dtype)} needs a CUDA device; use {option('dtype', 'fp32')} on {self.device.type}"
+            )
 
         # 1. Data: contiguous split, then each split laid out as parallel streams.
         self.train_ids, self.val_ids = split(corpus.ids, cfg.val_frac)
@@ -98,7 +118,9 @@ class Trainer:
         if init_from is not None:
             self.model.load_state_dict(init_from.weights)
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+            self.model.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
             # One fused kernel for the whole update, on the CPU too, instead of the default for-each
             # ops (a gain of a few percent of a step; bench_train.py's ratios show it).
             fused=self.device.type in ("cuda", "cpu") or None,
@@ -112,9 +134,17 @@ class Trainer:
         # 3. Progress, either fresh or restored from a checkpoint.
         self.state, carried = TrainState(), None
         if resume is not None:
-            restored = restore(resume, self.model, self.optimizer, self.scaler, train_config=cfg,
-                               steps_per_epoch=len(self.batches), device=self.device,
-                               rank=self.session.rank, world_size=self.session.world_size)
+            restored = restore(
+                resume,
+                self.model,
+                self.optimizer,
+                self.scaler,
+                train_config=cfg,
+                steps_per_epoch=len(self.batches),
+                device=self.device,
+                rank=self.session.rank,
+                world_size=self.session.world_size,
+            )
             self.state, carried = restored.state, restored.carried
         self.carried = carried or self.model.init_state(cfg.batch_size, self.device)
         self.current_lr, self.eval_seconds = self._lr(), 0.0
@@ -199,8 +229,14 @@ class Trainer:
         loss = Loss(nats=0.0, chars=0)
         if self.session.is_main:
             cfg = self.train_config
-            loss = evaluate(self.model, self.eval_ids, batch_size=cfg.eval_batch_size, seq_len=cfg.eval_seq_len,
-                            device=self.device, autocast=self.autocast())
+            loss = evaluate(
+                self.model,
+                self.eval_ids,
+                batch_size=cfg.eval_batch_size,
+                seq_len=cfg.eval_seq_len,
+                device=self.device,
+                autocast=self.autocast(),
+            )
         nats, chars = self.session.from_main([loss.nats, loss.chars])
         return Loss(nats=nats, chars=int(chars))
 
@@ -210,9 +246,17 @@ class Trainer:
         ranks = self.session.gather(rank_record(self.carried, self.device))
         if not self.session.is_main:
             return
-        ckpt = snapshot(model_config=self.model_config, train_config=self.train_config, corpus=self.corpus,
-                        model=self.model, optimizer=self.optimizer, scaler=self.scaler, state=self.state,
-                        ranks=ranks, device=self.device)
+        ckpt = snapshot(
+            model_config=self.model_config,
+            train_config=self.train_config,
+            corpus=self.corpus,
+            model=self.model,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            state=self.state,
+            ranks=ranks,
+            device=self.device,
+        )
         ckpt_io.save(ckpt, self.last_path)
         if best:
             ckpt_io.save(ckpt, self.best_path)
@@ -239,7 +283,8 @@ class Trainer:
         if reason not in STOP_REASONS:
             reason = "interrupt:SIGINT"
         code, s.elapsed, b.step_s, b.closing_s = self.session.max_of(
-            [STOP_REASONS.index(reason), s.elapsed, b.step_s, b.closing_s])
+            [STOP_REASONS.index(reason), s.elapsed, b.step_s, b.closing_s]
+        )
         return STOP_REASONS[int(code)]
 
     # -- the loop ----------------------------------------------------------------------------
@@ -273,8 +318,17 @@ class Trainer:
             now = time.perf_counter()
             self.budget.record_step(now - clock)
             s.elapsed, clock = s.elapsed + now - clock, now
-            self.callback.on_step(StepInfo(s.step, s.epoch, loss, self.current_lr, self.chars_per_step, s.elapsed,
-                                           self.budget.fraction(s.step, s.elapsed)))
+            self.callback.on_step(
+                StepInfo(
+                    s.step,
+                    s.epoch,
+                    loss,
+                    self.current_lr,
+                    self.chars_per_step,
+                    s.elapsed,
+                    self.budget.fraction(s.step, s.elapsed),
+                )
+            )
             # 4. Evaluation and checkpoints on schedule; max_time is wall clock, so they count too.
             if s.step % cfg.eval_every == 0:
                 self._eval_and_save(losses_since_eval)

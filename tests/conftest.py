@@ -75,8 +75,25 @@ def trained_run(tmp_path_factory, corpus_file):
     out = tmp_path_factory.mktemp("run")
     result = CliRunner().invoke(
         cli,
-        ["train", str(corpus_file), *TINY_MODEL, *TINY_TRAIN, "--max-steps", "300", "--eval-every", "100",
-         "--out-dir", str(out), "--json", "-q", "--sample-length", "0", "--device", "cpu", "--force"],
+        [
+            "train",
+            str(corpus_file),
+            *TINY_MODEL,
+            *TINY_TRAIN,
+            "--max-steps",
+            "300",
+            "--eval-every",
+            "100",
+            "--out-dir",
+            str(out),
+            "--json",
+            "-q",
+            "--sample-length",
+            "0",
+            "--device",
+            "cpu",
+            "--force",
+        ],
     )
     assert result.exit_code == 0, result.stderr
     return out, json.loads(result.stdout)

@@ -22,8 +22,17 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.cli import cli
 from conftest import make_text
 
-TINY = dict(num_layers=1, hidden_size=32, embedding_size=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=0,
-            device="cpu", sample_length=0)
+TINY = dict(
+    num_layers=1,
+    hidden_size=32,
+    embedding_size=8,
+    batch_size=4,
+    seq_len=16,
+    lr=1e-2,
+    warmup_steps=0,
+    device="cpu",
+    sample_length=0,
+)
 
 
 @pytest.fixture(scope="module", params=["lstm", "gru", "rnn"])
@@ -92,12 +101,15 @@ def test_score_carries_the_state_across_chunks(cell_run, monkeypatch):
     np.testing.assert_allclose(chunked.surprisal_bits[1:], whole.surprisal_bits[1:], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [
-    ["--prime", "KING:", "--seed", "11", "--temperature", "0.9"],
-    ["--seed", "2", "--top-k", "5", "--length", "80"],
-    ["--argmax", "--prime", "the "],
-    ["--num-samples", "3", "--seed", "4", "--length", "30"],
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--prime", "KING:", "--seed", "11", "--temperature", "0.9"],
+        ["--seed", "2", "--top-k", "5", "--length", "80"],
+        ["--argmax", "--prime", "the "],
+        ["--num-samples", "3", "--seed", "4", "--length", "30"],
+    ],
+)
 def test_sample_equals_charrnn_sample(runner, trained_run, options):
     out, _ = trained_run
     result = runner.invoke(cli, ["sample", str(out / "best.pt"), "--device", "cpu", "--json", *options])
@@ -110,8 +122,9 @@ def test_sample_equals_charrnn_sample(runner, trained_run, options):
 
 def test_sample_equals_charrnn_sample_streamed(runner, trained_run):
     out, _ = trained_run
-    result = runner.invoke(cli, ["sample", str(out / "best.pt"), "--device", "cpu", "--prime", "QUEEN:", "--seed", "8",
-                                 "-n", "200"])
+    result = runner.invoke(
+        cli, ["sample", str(out / "best.pt"), "--device", "cpu", "--prime", "QUEEN:", "--seed", "8", "-n", "200"]
+    )
     assert result.exit_code == 0, result.stderr
     model = charrnn.load(out / "best.pt", device="cpu")
     assert result.stdout == model.sample(200, prime="QUEEN:", seed=8) + "\n"
@@ -167,8 +180,9 @@ def test_twenty_plus_resumed_twenty_steps_equal_forty(tmp_path, corpus_file):
         def on_step(self, info):
             steps.append(info.step)
 
-    part = charrnn.train(corpus_file, out_dir=tmp_path / "parts", callback=Steps(),
-                         should_stop=lambda: len(steps) >= 20, **options)
+    part = charrnn.train(
+        corpus_file, out_dir=tmp_path / "parts", callback=Steps(), should_stop=lambda: len(steps) >= 20, **options
+    )
     assert part.steps == 20 and part.stopped_by == "interrupt:should_stop"
     rest = charrnn.train(resume=tmp_path / "parts" / "last.pt", max_steps=40)  # the text found again
     assert rest.steps == 40 and rest.last_path == tmp_path / "parts" / "last.pt"
@@ -191,8 +205,9 @@ def test_should_stop_stops_a_run_in_another_thread(tmp_path, corpus_file):
     box = {}
 
     def work():
-        box["result"] = charrnn.train(corpus_file, out_dir=tmp_path, max_steps=100_000, eval_every=10_000,
-                                      should_stop=stop.is_set, **TINY)
+        box["result"] = charrnn.train(
+            corpus_file, out_dir=tmp_path, max_steps=100_000, eval_every=10_000, should_stop=stop.is_set, **TINY
+        )
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -210,7 +225,8 @@ def test_should_stop_stops_a_run_in_another_thread(tmp_path, corpus_file):
 
 def test_ctrl_c_saves_last_and_raises_keyboard_interrupt(tmp_path, corpus_file):
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         import charrnn
 
@@ -228,11 +244,15 @@ def test_ctrl_c_saves_last_and_raises_keyboard_interrupt(tmp_path, corpus_file):
         except KeyboardInterrupt as exc:
             print("KeyboardInterrupt:", exc, flush=True)
             sys.exit(7)
-    """))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(charrnn.__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    """)
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(charrnn.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert proc.stdout.readline().strip() == "started"
         time.sleep(0.3)

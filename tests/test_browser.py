@@ -63,9 +63,17 @@ class DomParser(HTMLParser):
 
 def chromium(tmp_path: Path, *args: str) -> str:
     command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", *args,
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        *args,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -81,10 +89,12 @@ def page(tmp_path_factory):
     units = viz.UnitProbe(0, "c", [0, 1])
     predictions = viz.PredictionProbe()
     viz.run(model, viz.encode_text(vocab, TEXT, "test"), [units, predictions])
-    views = [html_report.View(f"L1 #{u} tanh(c)", f"layer 1, unit {u}", units.values[:, i])
-             for i, u in enumerate([0, 1])]
-    html = html_report.render_page(TEXT, title="browser test", meta=[], views=views, vocab=vocab.chars,
-                                   predictions=predictions.result)
+    views = [
+        html_report.View(f"L1 #{u} tanh(c)", f"layer 1, unit {u}", units.values[:, i]) for i, u in enumerate([0, 1])
+    ]
+    html = html_report.render_page(
+        TEXT, title="browser test", meta=[], views=views, vocab=vocab.chars, predictions=predictions.result
+    )
     path = tmp_path_factory.mktemp("page") / "page.html"
     path.write_text(html, encoding="utf-8")
     return path, vocab, predictions.result
@@ -104,7 +114,7 @@ def test_the_browser_renders_every_character_coloured_and_the_hover_shows_the_to
 
     # The guesses in the tooltip are the model's top 5 for that position, with their probabilities.
     line = next(t for t in tooltip if t.startswith("top-5 guesses: "))
-    shown = re.findall(r"'(.*?)' (\d+\.\d)%", line[len("top-5 guesses: "):])
+    shown = re.findall(r"'(.*?)' (\d+\.\d)%", line[len("top-5 guesses: ") :])
     expected = [escape_char(vocab.chars[i]) for i in predictions.top_ids[HOVER]]
     assert [g for g, _ in shown] == expected
     for (_, pct), p in zip(shown, predictions.top_probs[HOVER]):

@@ -21,8 +21,15 @@ def make_ckpt(cell="lstm") -> ckpt_io.Checkpoint:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=4, cell=cell, num_layers=2, hidden_size=8, embedding_size=4)
     model = CharRNN(cfg)
-    return ckpt_io.Checkpoint(path=None, model_config=cfg, vocab=Vocab("\nabc"), weights=model.state_dict(),
-                              progress={"step": 3}, history={"val_loss": [1.5, 1.2]}, best_val_loss=1.2)
+    return ckpt_io.Checkpoint(
+        path=None,
+        model_config=cfg,
+        vocab=Vocab("\nabc"),
+        weights=model.state_dict(),
+        progress={"step": 3},
+        history={"val_loss": [1.5, 1.2]},
+        best_val_loss=1.2,
+    )
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -157,9 +164,17 @@ def test_the_format_doc_lists_every_key_save_writes_and_no_other(tmp_path):
     optimizer = torch.optim.Adam(model.parameters())
     carried = model.init_state(2)
     ranks = [rank_record(carried, torch.device("cpu"))] * 2  # two processes: resume.ranks is written too
-    ckpt = snapshot(model_config=cfg, train_config=TrainConfig(), corpus=corpus, model=model, optimizer=optimizer,
-                    scaler=torch.amp.GradScaler("cpu", enabled=False), state=TrainState(), ranks=ranks,
-                    device=torch.device("cpu"))
+    ckpt = snapshot(
+        model_config=cfg,
+        train_config=TrainConfig(),
+        corpus=corpus,
+        model=model,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        state=TrainState(),
+        ranks=ranks,
+        device=torch.device("cpu"),
+    )
     raw = torch.load(ckpt_io.save(ckpt, tmp_path / "c.pt"), weights_only=True)
     written = set(raw)
     for key, value in raw.items():

@@ -107,7 +107,9 @@ def test_resume_continues_to_the_new_max_steps(runner, trained_run, corpus_file,
 
     run = tmp_path / "run"
     shutil.copytree(out, run)
-    result = invoke(runner, "train", "--resume", run / "last.pt", "--max-steps", 320, "--json", "-q", "--sample-length", 0)
+    result = invoke(
+        runner, "train", "--resume", run / "last.pt", "--max-steps", 320, "--json", "-q", "--sample-length", 0
+    )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["steps"] == 320
@@ -187,8 +189,23 @@ def test_documented_errors(runner, text_files, tmp_path, args, code, pattern):
 
 
 def test_latin1_trains_with_encoding_flag(runner, text_files, tmp_path):
-    result = invoke(runner, "train", text_files["latin1"], "--encoding", "latin-1", *TINY_MODEL, *TINY_TRAIN,
-                    "--max-steps", 2, "--out-dir", tmp_path / "o", "-q", "--json", "--sample-length", 0)
+    result = invoke(
+        runner,
+        "train",
+        text_files["latin1"],
+        "--encoding",
+        "latin-1",
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "--max-steps",
+        2,
+        "--out-dir",
+        tmp_path / "o",
+        "-q",
+        "--json",
+        "--sample-length",
+        0,
+    )
     assert result.exit_code == 0, result.stderr
     info = json.loads(invoke(runner, "inspect", tmp_path / "o" / "last.pt", "--json").stdout)
     assert "à" in info["vocab"]["chars"]
@@ -224,16 +241,43 @@ def test_checkpoint_from_newer_charrnn(runner, trained_run, tmp_path):
 
 
 def test_default_corpus_used_without_text(runner, tmp_path):
-    result = invoke(runner, "train", *TINY_MODEL, *TINY_TRAIN, "--max-steps", 2, "--eval-every", 1000,
-                    "--out-dir", tmp_path / "o", "-q", "--json", "--sample-length", 0)
+    result = invoke(
+        runner,
+        "train",
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "--max-steps",
+        2,
+        "--eval-every",
+        1000,
+        "--out-dir",
+        tmp_path / "o",
+        "-q",
+        "--json",
+        "--sample-length",
+        0,
+    )
     assert result.exit_code == 0, result.stderr
     info = json.loads(invoke(runner, "inspect", tmp_path / "o" / "last.pt", "--json").stdout)
     assert info["corpus"]["name"] == "tinyshakespeare (embedded)" and info["corpus"]["chars"] > 1_000_000
 
 
 def test_train_reports_progress_on_stderr_only(runner, corpus_file, tmp_path):
-    result = invoke(runner, "train", corpus_file, *TINY_MODEL, *TINY_TRAIN, "--max-steps", 20, "--eval-every", 10,
-                    "--out-dir", tmp_path / "o", "--sample-length", 40)
+    result = invoke(
+        runner,
+        "train",
+        corpus_file,
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "--max-steps",
+        20,
+        "--eval-every",
+        10,
+        "--out-dir",
+        tmp_path / "o",
+        "--sample-length",
+        40,
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     assert "bits/char" in result.stderr and "best checkpoint" in result.stderr and "sample from" in result.stderr

@@ -71,7 +71,10 @@ def test_folder_joins_files_in_sorted_order_with_the_separator_and_skips_binarie
     assert_same_corpus(loaded.corpus, expected(tree, "<|>"))
     assert loaded.n_files == 3 and loaded.cache == "off"
     assert sorted((Path(s.path).name, s.reason) for s in loaded.skipped) == [
-        ("empty.txt", "empty"), ("latin1.txt", "not utf-8"), ("logo.png", "binary")]
+        ("empty.txt", "empty"),
+        ("latin1.txt", "not utf-8"),
+        ("logo.png", "binary"),
+    ]
     assert loaded.corpus.path == str(tree.resolve()) and loaded.corpus.separator == "<|>"
     assert "3 file(s) skipped: " in describe_skipped(loaded.skipped)
 
@@ -98,11 +101,14 @@ def test_one_explicit_file_keeps_strict_errors(tree):
         load_corpus(tree / "empty.txt")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "nope.txt", r"no such file or folder"),
-    (lambda p: str(p / "*.nothing"), r"matches no files.*quote it"),
-    (lambda p: write(p / "only" / "x.bin", b"\x00\x01"), None),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "nope.txt", r"no such file or folder"),
+        (lambda p: str(p / "*.nothing"), r"matches no files.*quote it"),
+        (lambda p: write(p / "only" / "x.bin", b"\x00\x01"), None),
+    ],
+)
 def test_nothing_usable_is_an_error_that_says_so(tmp_path, make, message):
     target = make(tmp_path)
     if message is None:  # a folder of binaries
@@ -162,13 +168,16 @@ def test_read_text_keeps_crlf_and_drops_bom(tmp_path):
     assert read_text(path) == "line one\r\nline two\r\n"
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"", "f.txt: the file is empty"),
-    (b"\x00\x01\x02binary", "f.txt: looks like a binary file"),
-    (b"\xff\xfea\x00b\x00", r"looks like UTF-16: pass encoding='utf-16'"),
-    ("caf\u00e9".encode("latin-1"), r"f.txt: is not valid utf-8 \(byte 0xe9 at offset 3\).*encoding='latin-1'"),
-    (b"\xef\xbb\xbf", "f.txt: the file holds no text"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"", "f.txt: the file is empty"),
+        (b"\x00\x01\x02binary", "f.txt: looks like a binary file"),
+        (b"\xff\xfea\x00b\x00", r"looks like UTF-16: pass encoding='utf-16'"),
+        ("caf\u00e9".encode("latin-1"), r"f.txt: is not valid utf-8 \(byte 0xe9 at offset 3\).*encoding='latin-1'"),
+        (b"\xef\xbb\xbf", "f.txt: the file holds no text"),
+    ],
+)
 def test_read_text_errors_name_the_problem_in_one_line(tmp_path, raw, message):
     path = write(tmp_path / "f.txt", raw)
     with pytest.raises(DataError, match=message) as caught:
@@ -262,8 +271,9 @@ def test_memmapped_corpus_trains_and_evaluates_like_one_in_memory(tmp_path):
     for name, corpus_ in (("mapped", mapped.corpus), ("memory", in_memory)):
         rec = Recorder()
         mc = ModelConfig(vocab_size=len(corpus_.vocab), num_layers=1, hidden_size=16, embedding_size=8)
-        Trainer(mc, TrainConfig(batch_size=4, seq_len=16, max_steps=5, eval_every=5), corpus_, tmp_path / name,
-                callback=rec).run()
+        Trainer(
+            mc, TrainConfig(batch_size=4, seq_len=16, max_steps=5, eval_every=5), corpus_, tmp_path / name, callback=rec
+        ).run()
         runs.append(rec.losses)
     assert len(runs[0]) == 5 and runs[0] == runs[1]
 
@@ -284,8 +294,24 @@ def test_eval_subset_is_a_seeded_spread_of_windows():
 
 def test_cli_trains_on_a_folder_reports_skips_and_reuses_its_cache(runner, tree, tmp_path):
     write(tree / "b" / "big.txt", make_text(200))
-    args = ["train", str(tree), *TINY_MODEL, *TINY_TRAIN, "--max-steps", "2", "--eval-every", "2",
-            "--sample-length", "0", "--device", "cpu", "--separator", r"\n\n", "--eval-chars", "100"]
+    args = [
+        "train",
+        str(tree),
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--sample-length",
+        "0",
+        "--device",
+        "cpu",
+        "--separator",
+        r"\n\n",
+        "--eval-chars",
+        "100",
+    ]
     first = runner.invoke(cli, [*args, "--out-dir", str(tmp_path / "one")])
     assert first.exit_code == 0, first.stderr
     assert "3 file(s) skipped: 1 binary, 1 empty, 1 not utf-8; e.g." in first.stderr
@@ -318,8 +344,9 @@ def test_visualize_text_takes_a_folder_or_glob_like_train(runner, tree, tmp_path
         assert result.exit_code == 0, result.stderr
         shown = json.loads(result.stdout)
         assert shown["text"] == expected(tree, "\n") and shown["source_n_chars"] == len(shown["text"])
-    cut = runner.invoke(cli, ["visualize", path, "--text", str(tree), "--predictions", "--json", "--max-chars", "20",
-                              "--device", "cpu"])
+    cut = runner.invoke(
+        cli, ["visualize", path, "--text", str(tree), "--predictions", "--json", "--max-chars", "20", "--device", "cpu"]
+    )
     assert cut.exit_code == 0, cut.stderr
     assert "using the first 20 of a longer text; raise --max-chars" in cut.stderr
     shown = json.loads(cut.stdout)

@@ -42,15 +42,24 @@ def tree(tmp_path):
 # -- the cache alone: no reader, no encoder --------------------------------------------------------
 
 
-def entry(tmp_path, vocab=Vocab("abc"), ids=(0, 1, 2, 2)):
+def entry(tmp_path, vocab=None, ids=(0, 1, 2, 2)):
     """A source file and a committed cache entry for it, written by hand: (cache, stats)."""
+    vocab = vocab if vocab is not None else Vocab("abc")
     source = write(tmp_path / "t.txt", "abcc")
     stats = stat_files((source,))
     cache = Cache(tmp_path / "cache", "t.txt", {"inputs": str(source), "encoding": "utf-8", "separator": "\n"})
     ids = np.array(ids, dtype=np.uint8)
     data_file, sha = cache.store(len(ids), np.dtype(np.uint8), lambda w: (w(ids[:1]), w(ids[1:]), "f" * 64)[-1])
-    cache.commit(stats, n_files=1, skipped=[("x.bin", "binary")], n_chars=len(ids), text_chars="abc", vocab=vocab,
-                 sha256=sha, data_file=data_file)
+    cache.commit(
+        stats,
+        n_files=1,
+        skipped=[("x.bin", "binary")],
+        n_chars=len(ids),
+        text_chars="abc",
+        vocab=vocab,
+        sha256=sha,
+        data_file=data_file,
+    )
     return cache, stats
 
 
@@ -68,15 +77,18 @@ def test_an_entry_is_found_as_it_was_committed(tmp_path):
         cache.lookup(stats, Vocab("ab"))
 
 
-@pytest.mark.parametrize("damage", [
-    {"vocab": "cba", "text_chars": "cba"},  # unsorted
-    {"vocab": "aabc", "text_chars": "aabc"},  # a duplicate
-    {"vocab": 7},
-    {"version": 1},  # an older format: rebuilt, not misread
-    {"n_chars": 5},
-    {"skipped": [["x.bin"]]},
-    {"sha256": None},
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"vocab": "cba", "text_chars": "cba"},  # unsorted
+        {"vocab": "aabc", "text_chars": "aabc"},  # a duplicate
+        {"vocab": 7},
+        {"version": 1},  # an older format: rebuilt, not misread
+        {"n_chars": 5},
+        {"skipped": [["x.bin"]]},
+        {"sha256": None},
+    ],
+)
 def test_a_damaged_manifest_is_refused(tmp_path, damage):
     cache, stats = entry(tmp_path)
     manifest = json.loads(cache.manifest_path.read_text())
@@ -107,8 +119,13 @@ def test_a_damaged_vocabulary_is_refused_under_python_O_too(tmp_path):
     write(folder / "b.txt", "more text\n")
     env = dict(os.environ)  # PYTHONPATH inherited, with this checkout first
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(corpus.__file__).parents[1]), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-O", "-c", script, str(folder), str(tmp_path / "cache")],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-O", "-c", script, str(folder), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n") == ["built True True", "built True True", ""]
 
@@ -160,7 +177,7 @@ def test_cache_is_rebuilt_when_an_input_changes(tree, tmp_path, monkeypatch, cha
     elif change == "remove_file":
         target.unlink()
     else:
-        write(tree / "latin1.txt", "déjà".encode("utf-8"))
+        write(tree / "latin1.txt", "déjà".encode())
     second = load_corpus(tree, cache_dir=cache)
     assert (second.cache, builds["n"]) == ("built", 2)
     assert second.corpus.sha256 != first.corpus.sha256

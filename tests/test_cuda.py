@@ -17,10 +17,10 @@ import torch
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli import cli
 from charrnn.data import Corpus
+from charrnn.inference import GraphedStep, StepModel
 from charrnn.loss import evaluate
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
-from charrnn.inference import GraphedStep, StepModel
 from charrnn.trainer import TrainConfig, Trainer
 from conftest import TINY_MODEL, TINY_TRAIN, Recorder, make_text
 
@@ -77,7 +77,7 @@ def test_graphed_step_replays_the_eager_step(cell, streams):
     start = tuple(0.5 * torch.randn(s.shape, device="cuda") for s in model.init_state(streams, "cuda"))
     saved = tuple(s.clone() for s in start)
     eager_state, graph_state = start, start
-    for t in range(12):
+    for _ in range(12):
         idx = torch.randint(0, 13, (streams,), device="cuda")
         want, eager_state = stepper.step(idx, eager_state)
         got, graph_state = graphed(idx, graph_state)
@@ -124,8 +124,15 @@ def test_resume_on_cuda_continues_the_run_exactly(tmp_path):
     _, whole = train(tmp_path / "whole", max_steps=30, schedule="constant")
     first, head = train(tmp_path / "part", max_steps=15, schedule="constant")
     rec = Recorder()
-    resumed = Trainer(first.model_config, TrainConfig(**{**first.train_config.to_dict(), "max_steps": 30}), CORPUS,
-                      tmp_path / "part", device="cuda", callback=rec, resume=ckpt_io.load(first.last_path))
+    resumed = Trainer(
+        first.model_config,
+        TrainConfig(**{**first.train_config.to_dict(), "max_steps": 30}),
+        CORPUS,
+        tmp_path / "part",
+        device="cuda",
+        callback=rec,
+        resume=ckpt_io.load(first.last_path),
+    )
     resumed.run()
     assert head + rec.losses == pytest.approx(whole, abs=1e-4)
 
@@ -167,14 +174,36 @@ def test_sampling_on_cuda_is_reproducible_with_a_seed():
 
 def test_cli_trains_samples_and_evaluates_on_cuda(runner, corpus_file, tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(cli, ["train", str(corpus_file), *TINY_MODEL, *TINY_TRAIN, "--max-steps", "60",
-                                 "--eval-every", "30", "--device", "cuda", "--dtype", "bf16", "--out-dir", str(out),
-                                 "--json", "-q", "--sample-length", "0"])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            str(corpus_file),
+            *TINY_MODEL,
+            *TINY_TRAIN,
+            "--max-steps",
+            "60",
+            "--eval-every",
+            "30",
+            "--device",
+            "cuda",
+            "--dtype",
+            "bf16",
+            "--out-dir",
+            str(out),
+            "--json",
+            "-q",
+            "--sample-length",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["best_val_loss"] < 2.5
-    samples = [runner.invoke(cli, ["sample", str(out / "best.pt"), "--device", "cuda", "--seed", "3", "--length", "80"])
-               for _ in range(2)]
+    samples = [
+        runner.invoke(cli, ["sample", str(out / "best.pt"), "--device", "cuda", "--seed", "3", "--length", "80"])
+        for _ in range(2)
+    ]
     assert samples[0].exit_code == 0, samples[0].stderr
     assert samples[0].stdout == samples[1].stdout and len(samples[0].stdout) >= 80
     losses = {}

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 import torch.nn.functional as F
 
 from charrnn import checkpoint as ckpt_io
@@ -32,8 +31,10 @@ from conftest import TINY_MODEL, Recorder, make_text
 
 pytestmark = [
     pytest.mark.distributed,
-    pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                       reason="torch.distributed with gloo is not available"),
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="torch.distributed with gloo is not available",
+    ),
 ]
 
 WORLD = 2
@@ -83,11 +84,18 @@ def _worker(rank: int, world: int, init_file: str, root: str) -> None:
     def run(name, cfg, mc=None, resume=None, should_stop=lambda: None, on=session):
         rec = Recorder()
         out = root_path / name if rank == 0 else root_path / f"{name}-rank{rank}"  # rank 1 must write nothing
-        trainer = Trainer(mc or model_config(c), cfg, c, out, callback=rec, resume=resume, should_stop=should_stop,
-                          session=on)
+        trainer = Trainer(
+            mc or model_config(c), cfg, c, out, callback=rec, resume=resume, should_stop=should_stop, session=on
+        )
         result = trainer.run()
-        seen[name] = {"losses": rec.losses, "vals": rec.vals, "skips": rec.skips, "params": _params(trainer),
-                      "steps": result.steps, "stopped_by": result.stopped_by}
+        seen[name] = {
+            "losses": rec.losses,
+            "vals": rec.vals,
+            "skips": rec.skips,
+            "params": _params(trainer),
+            "steps": result.steps,
+            "stopped_by": result.stopped_by,
+        }
         return trainer
 
     # A: the same data and gradients as one process with the global batch (no dropout).
@@ -97,8 +105,12 @@ def _worker(rank: int, world: int, init_file: str, root: str) -> None:
     run("full", train_config(max_steps=8, eval_every=100), dropout)
     run("half", train_config(max_steps=4, eval_every=100), dropout)
     torch.distributed.barrier()  # rank 0 has written half/last.pt
-    run("resumed", train_config(max_steps=8, eval_every=100), dropout,
-        resume=ckpt_io.load(root_path / "half" / "last.pt"))
+    run(
+        "resumed",
+        train_config(max_steps=8, eval_every=100),
+        dropout,
+        resume=ckpt_io.load(root_path / "half" / "last.pt"),
+    )
     # C: a signal that reaches rank 1 alone stops both at the same step.
     calls = {"n": 0}
 
@@ -135,7 +147,9 @@ def _worker(rank: int, world: int, init_file: str, root: str) -> None:
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(WORLD, str(root / "init"), str(root)), nprocs=WORLD, join=True, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(WORLD, str(root / "init"), str(root)), nprocs=WORLD, join=True, start_method="spawn"
+    )
     return root, [torch.load(root / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -208,8 +222,9 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_runs, tmp_pat
     half = ckpt_io.load(root / "half" / "last.pt")
     rec = Recorder()
     c = corpus()
-    result = Trainer(half.model_config, train_config(max_steps=8, eval_every=100), c, tmp_path, resume=half,
-                     callback=rec).run()
+    result = Trainer(
+        half.model_config, train_config(max_steps=8, eval_every=100), c, tmp_path, resume=half, callback=rec
+    ).run()
     assert result.steps == 8 and len(rec.losses) == 4
     assert ckpt_io.load(tmp_path / "last.pt").progress["epoch"] == half.progress["epoch"] + 1  # a clean epoch start
     # Its first step is the saved weights on the one-process layout's first batch, from a zero state,
@@ -232,10 +247,35 @@ def test_cli_nproc_trains_through_the_launcher_stops_on_ctrl_c_and_resumes_in_on
     (text / "logo.png").write_bytes(b"\x89PNG\x00\x00\x00")
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = [str(text), *TINY_MODEL, "--batch-size", "4", "--seq-len", "32", "--max-steps", "100000", "--eval-every", "3",
-            "--out-dir", str(out), "--device", "cpu", "--sample-length", "0", "--json", "--separator", r"\n\n"]
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", *args, "--nproc", "2"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    args = [
+        str(text),
+        *TINY_MODEL,
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--max-steps",
+        "100000",
+        "--eval-every",
+        "3",
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--sample-length",
+        "0",
+        "--json",
+        "--separator",
+        r"\n\n",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", *args, "--nproc", "2"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 90
         while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
@@ -260,8 +300,22 @@ def test_cli_nproc_trains_through_the_launcher_stops_on_ctrl_c_and_resumes_in_on
     from charrnn.cli import cli
 
     more = summary["steps"] + 3
-    result = runner.invoke(cli, ["train", "--resume", str(out / "last.pt"), "--max-steps", str(more), "--device", "cpu",
-                                 "--json", "-q", "--sample-length", "0"])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "--resume",
+            str(out / "last.pt"),
+            "--max-steps",
+            str(more),
+            "--device",
+            "cpu",
+            "--json",
+            "-q",
+            "--sample-length",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == more
     assert ckpt_io.load(out / "last.pt").train_config["world_size"] == 1

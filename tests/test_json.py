@@ -57,8 +57,10 @@ def test_train_json(trained_run):
 
 def test_sample_json(runner, trained_run):
     out, _ = trained_run
-    result = runner.invoke(cli, ["sample", str(out / "best.pt"), "--json", "-n", "20", "--num-samples", "2",
-                                 "--seed", "1", "--device", "cpu"])
+    result = runner.invoke(
+        cli,
+        ["sample", str(out / "best.pt"), "--json", "-n", "20", "--num-samples", "2", "--seed", "1", "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.stderr
     data = validate("sample", result.stdout)
     assert all(len(s) == 20 for s in data["samples"])

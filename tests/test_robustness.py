@@ -41,9 +41,27 @@ def _env():
 def test_signal_finishes_step_saves_last_and_exits_with_documented_code(tmp_path, corpus_file, sig, code):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [PYTHON, "-m", "charrnn", "train", str(corpus_file), *TINY_MODEL, *TINY_TRAIN, "--max-steps", "100000",
-         "--eval-every", "20", "--out-dir", str(out), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True,
+        [
+            PYTHON,
+            "-m",
+            "charrnn",
+            "train",
+            str(corpus_file),
+            *TINY_MODEL,
+            *TINY_TRAIN,
+            "--max-steps",
+            "100000",
+            "--eval-every",
+            "20",
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        text=True,
     )
     try:
         deadline = time.time() + 60
@@ -66,9 +84,31 @@ def test_second_ctrl_c_exits_at_once_without_corrupting_files(tmp_path, corpus_f
     out = tmp_path / "run"
     # A model big enough that the step in flight takes a while after the first signal.
     proc = subprocess.Popen(
-        [PYTHON, "-m", "charrnn", "train", str(corpus_file), "--hidden-size", "128", "--batch-size", "32",
-         "--seq-len", "64", "--max-steps", "100000", "--eval-every", "1", "--out-dir", str(out), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True,
+        [
+            PYTHON,
+            "-m",
+            "charrnn",
+            "train",
+            str(corpus_file),
+            "--hidden-size",
+            "128",
+            "--batch-size",
+            "32",
+            "--seq-len",
+            "64",
+            "--max-steps",
+            "100000",
+            "--eval-every",
+            "1",
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        text=True,
     )
     try:
         deadline = time.time() + 90
@@ -230,18 +270,36 @@ def test_interrupted_cosine_run_resumes_to_the_same_weights(tmp_path):
         return "SIGINT" if count["n"] > 13 else None
 
     Trainer(mc, TrainConfig(**cfg), corpus, tmp_path / "cut", should_stop=stop_at_13).run()
-    resumed = Trainer(mc, TrainConfig(**cfg), corpus, tmp_path / "cut", resume=ckpt_io.load(tmp_path / "cut" / "last.pt")).run()
+    resumed = Trainer(
+        mc, TrainConfig(**cfg), corpus, tmp_path / "cut", resume=ckpt_io.load(tmp_path / "cut" / "last.pt")
+    ).run()
     a, b = ckpt_io.load(full.last_path).weights, ckpt_io.load(resumed.last_path).weights
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
 
 def test_cli_resume_matches_uninterrupted_run(runner, corpus_file, tmp_path):
-    common = [str(corpus_file), *TINY_MODEL, *TINY_TRAIN, "--schedule", "constant", "--dropout", "0.1",
-              "--eval-every", "10", "-q", "--sample-length", "0", "--device", "cpu"]
+    common = [
+        str(corpus_file),
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "--schedule",
+        "constant",
+        "--dropout",
+        "0.1",
+        "--eval-every",
+        "10",
+        "-q",
+        "--sample-length",
+        "0",
+        "--device",
+        "cpu",
+    ]
     assert runner.invoke(cli, ["train", *common, "--max-steps", "40", "--out-dir", str(tmp_path / "a")]).exit_code == 0
     assert runner.invoke(cli, ["train", *common, "--max-steps", "20", "--out-dir", str(tmp_path / "b")]).exit_code == 0
-    result = runner.invoke(cli, ["train", "--resume", str(tmp_path / "b" / "last.pt"), "--max-steps", "40", "-q", "--sample-length", "0"])
+    result = runner.invoke(
+        cli, ["train", "--resume", str(tmp_path / "b" / "last.pt"), "--max-steps", "40", "-q", "--sample-length", "0"]
+    )
     assert result.exit_code == 0, result.stderr
     a = ckpt_io.load(tmp_path / "a" / "last.pt")
     b = ckpt_io.load(tmp_path / "b" / "last.pt")
@@ -257,15 +315,30 @@ def test_cli_resume_matches_uninterrupted_run(runner, corpus_file, tmp_path):
 def test_seq_len_longer_than_corpus(runner, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("hello world\n" * 20)
-    result = runner.invoke(cli, ["train", str(path), "--seq-len", "5000", "--batch-size", "1", "--out-dir", str(tmp_path / "o")])
+    result = runner.invoke(
+        cli, ["train", str(path), "--seq-len", "5000", "--batch-size", "1", "--out-dir", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1 and "too few for one batch" in result.stderr and "--seq-len" in result.stderr
 
 
 def test_val_frac_leaving_no_validation(runner, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("hello world\n" * 20)
-    result = runner.invoke(cli, ["train", str(path), "--val-frac", "0.001", "--batch-size", "1", "--seq-len", "8",
-                                 "--out-dir", str(tmp_path / "o")])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            str(path),
+            "--val-frac",
+            "0.001",
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "8",
+            "--out-dir",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 1 and "--val-frac 0.001 leaves 0 validation" in result.stderr
 
 
@@ -291,14 +364,43 @@ def test_unicode_survives_train_sample_round_trip(runner, tmp_path):
     path = tmp_path / "u.txt"
     path.write_bytes(("\ufeff" + UNICODE_LINE * 400).encode("utf-8"))
     out = tmp_path / "o"
-    result = runner.invoke(cli, ["train", str(path), "--num-layers", "1", "--hidden-size", "64", "--embedding-size", "16",
-                                 "--batch-size", "8", "--seq-len", "48", "--lr", "1e-2", "--max-steps", "150",
-                                 "--eval-every", "150", "--out-dir", str(out), "-q", "--sample-length", "0"])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            str(path),
+            "--num-layers",
+            "1",
+            "--hidden-size",
+            "64",
+            "--embedding-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "48",
+            "--lr",
+            "1e-2",
+            "--max-steps",
+            "150",
+            "--eval-every",
+            "150",
+            "--out-dir",
+            str(out),
+            "-q",
+            "--sample-length",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     info = json.loads(runner.invoke(cli, ["inspect", str(out / "best.pt"), "--json"]).stdout)
-    assert "😀" in info["vocab"]["chars"] and "\u0301" in info["vocab"]["chars"] and "\ufeff" not in info["vocab"]["chars"]
+    assert (
+        "😀" in info["vocab"]["chars"] and "\u0301" in info["vocab"]["chars"] and "\ufeff" not in info["vocab"]["chars"]
+    )
     assert "\\r" in info["vocab"]["escaped"] and "U+0301" not in info["vocab"]["escaped"]
-    sample = runner.invoke(cli, ["sample", str(out / "best.pt"), "--argmax", "--prime", "日本", "--length", str(3 * len(UNICODE_LINE))])
+    sample = runner.invoke(
+        cli, ["sample", str(out / "best.pt"), "--argmax", "--prime", "日本", "--length", str(3 * len(UNICODE_LINE))]
+    )
     assert sample.exit_code == 0
     # A whole line, emoji, combining accents and CRLF included, reproduced exactly. (Result.stdout
     # would turn CRLF into LF, so read the raw bytes.)
@@ -309,7 +411,24 @@ def test_vocabulary_escapes_non_printable_characters(runner, tmp_path):
     path = tmp_path / "z.txt"
     path.write_text(("a\u200bb\tc\x07d\n" * 300), encoding="utf-8")
     out = tmp_path / "o"
-    assert runner.invoke(cli, ["train", str(path), *TINY_MODEL, *TINY_TRAIN, "--max-steps", "1", "--out-dir", str(out), "-q",
-                               "--sample-length", "0"]).exit_code == 0
+    assert (
+        runner.invoke(
+            cli,
+            [
+                "train",
+                str(path),
+                *TINY_MODEL,
+                *TINY_TRAIN,
+                "--max-steps",
+                "1",
+                "--out-dir",
+                str(out),
+                "-q",
+                "--sample-length",
+                "0",
+            ],
+        ).exit_code
+        == 0
+    )
     table = runner.invoke(cli, ["inspect", str(out / "last.pt")]).stdout
     assert "U+200B" in table and "U+0007" in table and "\\t" in table and "\x07" not in table

@@ -65,8 +65,17 @@ def _train(model, optimizer, batches, state, carried, steps):
 
 
 def _snapshot(model, optimizer, scaler, state, ranks):
-    return snapshot(model_config=MODEL, train_config=CONFIG, corpus=CORPUS, model=model, optimizer=optimizer,
-                    scaler=scaler, state=state, ranks=ranks, device=CPU)
+    return snapshot(
+        model_config=MODEL,
+        train_config=CONFIG,
+        corpus=CORPUS,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        state=state,
+        ranks=ranks,
+        device=CPU,
+    )
 
 
 def test_snapshot_then_restore_continues_identically(tmp_path):
@@ -78,8 +87,15 @@ def test_snapshot_then_restore_continues_identically(tmp_path):
     expected, _ = _train(model, optimizer, batches, state, carried, 4)  # the run, continued
 
     fresh, fresh_optimizer, fresh_scaler = _parts(seed=1)  # other weights, other RNG: restore must set all
-    restored = restore(ckpt_io.load(path), fresh, fresh_optimizer, fresh_scaler, train_config=CONFIG,
-                       steps_per_epoch=len(batches), device=CPU)
+    restored = restore(
+        ckpt_io.load(path),
+        fresh,
+        fresh_optimizer,
+        fresh_scaler,
+        train_config=CONFIG,
+        steps_per_epoch=len(batches),
+        device=CPU,
+    )
     assert restored.state.step == 4 and restored.state.batch == 4 and restored.carried is not None
     got, _ = _train(fresh, fresh_optimizer, batches, restored.state, restored.carried, 4)
     assert got == expected

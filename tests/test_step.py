@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from charrnn.data import Vocab
+from charrnn.inference import LayerInternals, Linear, StepModel, numpy_wins, onednn_usable
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import generate
-from charrnn.inference import LayerInternals, Linear, StepModel, numpy_wins, onednn_usable
 
 ATOL = 1e-5
 VOCAB_SIZE = 11
@@ -37,7 +37,9 @@ def build(cell: str, num_layers: int, nonlinearity: str = "tanh", vocab_size: in
     model = CharRNN(cfg)
     if nonlinearity != "tanh":
         # CharRNN always builds nn.RNN with tanh; swap in a relu RNN of the same shape.
-        model.rnn = nn.RNN(cfg.embedding_size, cfg.hidden_size, cfg.num_layers, nonlinearity=nonlinearity, batch_first=True)
+        model.rnn = nn.RNN(
+            cfg.embedding_size, cfg.hidden_size, cfg.num_layers, nonlinearity=nonlinearity, batch_first=True
+        )
     # Biases are zero-initialised in places; random ones make a wrong bias fold visible.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -88,7 +90,7 @@ def test_step_matches_forward(cell, num_layers, batch_size, nonlinearity, zero_s
     step_state = state
     for t in range(SEQ_LEN):
         logits, step_state = stepper.step(idx[:, t], step_state)  # (B, V)
-        torch.testing.assert_close(logits, want_logits[:, t], atol=ATOL, rtol=0, msg=lambda m: f"step {t}: {m}")
+        torch.testing.assert_close(logits, want_logits[:, t], atol=ATOL, rtol=0, msg=lambda m, t=t: f"step {t}: {m}")
 
     assert len(step_state) == len(want_state) == model.config.state_tensors
     for got, want in zip(step_state, want_state):

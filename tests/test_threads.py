@@ -54,7 +54,9 @@ def test_torch_threads_restores_the_count_even_after_an_error(restore_threads):
 
 
 @pytest.mark.parametrize("num_samples, want", [(1, 1), (2, 2)])
-def test_cli_samples_one_stream_with_torch_on_one_thread(runner, trained_run, monkeypatch, restore_threads, num_samples, want):
+def test_cli_samples_one_stream_with_torch_on_one_thread(
+    runner, trained_run, monkeypatch, restore_threads, num_samples, want
+):
     import charrnn.api as api
 
     monkeypatch.setattr(threads, "blas_threads", lambda: 2)
@@ -69,7 +71,9 @@ def test_cli_samples_one_stream_with_torch_on_one_thread(runner, trained_run, mo
     monkeypatch.setattr(api, "generate_steps", spy)
     out, _ = trained_run
     torch.set_num_threads(2)
-    result = runner.invoke(cli, ["sample", str(out / "best.pt"), "-n", "5", "--num-samples", str(num_samples), "--device", "cpu"])
+    result = runner.invoke(
+        cli, ["sample", str(out / "best.pt"), "-n", "5", "--num-samples", str(num_samples), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert seen == [want] * 5
     assert torch.get_num_threads() == 2

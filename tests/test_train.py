@@ -23,8 +23,9 @@ def corpus():
 
 
 def model_config(c, cell="lstm", dropout=0.0, hidden_size=24):
-    return ModelConfig(vocab_size=len(c.vocab), cell=cell, num_layers=2, hidden_size=hidden_size, embedding_size=8,
-                       dropout=dropout)
+    return ModelConfig(
+        vocab_size=len(c.vocab), cell=cell, num_layers=2, hidden_size=hidden_size, embedding_size=8, dropout=dropout
+    )
 
 
 def train_config(**kw):
@@ -56,8 +57,13 @@ def poison_step(monkeypatch):
 def test_learns_below_unigram_entropy(tmp_path, cell):
     c = corpus()
     rec = Recorder()
-    result = Trainer(model_config(c, cell), train_config(max_steps=120, eval_every=60, batch_size=8, seq_len=32),
-                     c, tmp_path, callback=rec).run()
+    result = Trainer(
+        model_config(c, cell),
+        train_config(max_steps=120, eval_every=60, batch_size=8, seq_len=32),
+        c,
+        tmp_path,
+        callback=rec,
+    ).run()
     assert result.stopped_by == "max_steps" and result.steps == 120
     assert result.best_val_loss < 0.6 * unigram_entropy(TEXT)
     assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
@@ -117,8 +123,13 @@ def test_resume_crosses_an_epoch_boundary(tmp_path):
     total = steps_per_epoch + 3
     full = Trainer(mc, train_config(max_steps=total, **cfg), c, tmp_path / "full").run()
     Trainer(mc, train_config(max_steps=steps_per_epoch - 1, **cfg), c, tmp_path / "half").run()
-    resumed = Trainer(mc, train_config(max_steps=total, **cfg), c, tmp_path / "half",
-                      resume=ckpt_io.load(tmp_path / "half" / "last.pt")).run()
+    resumed = Trainer(
+        mc,
+        train_config(max_steps=total, **cfg),
+        c,
+        tmp_path / "half",
+        resume=ckpt_io.load(tmp_path / "half" / "last.pt"),
+    ).run()
     assert resumed.epochs > 1
     a, b = _weights(full.last_path), _weights(resumed.last_path)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -163,8 +174,9 @@ def test_on_nan_skip_halves_lr_and_continues(tmp_path, poison_step):
     c = corpus()
     rec = Recorder()
     poison_step(3, float("inf"))
-    result = Trainer(model_config(c), train_config(max_steps=8, on_nan="skip", schedule="constant"), c, tmp_path,
-                     callback=rec).run()
+    result = Trainer(
+        model_config(c), train_config(max_steps=8, on_nan="skip", schedule="constant"), c, tmp_path, callback=rec
+    ).run()
     assert result.steps == 8 and rec.skips == [(3, 0.5)]
     assert ckpt_io.load(tmp_path / "last.pt").progress["lr_scale"] == 0.5
 

@@ -19,20 +19,37 @@ def test_schedules():
     assert [learning_rate(step, 0, 0, e) for e in range(4)] == [1.0, 1.0, 0.5, 0.25]
 
 
-@pytest.mark.parametrize("kw", [dict(batch_size=0), dict(val_frac=0.0), dict(lr=-1.0), dict(schedule="linear"),
-                                dict(max_time=-5), dict(dtype="int8"), dict(on_nan="ignore"), dict(max_steps=0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch_size=0),
+        dict(val_frac=0.0),
+        dict(lr=-1.0),
+        dict(schedule="linear"),
+        dict(max_time=-5),
+        dict(dtype="int8"),
+        dict(on_nan="ignore"),
+        dict(max_steps=0),
+    ],
+)
 def test_config_rejects_nonsense(kw):
     with pytest.raises(ConfigError):
         TrainConfig(**kw)
 
 
-@pytest.mark.parametrize("kw, python, cli", [
-    (dict(batch_size=0), "batch_size must be at least 1, got 0", "--batch-size must be at least 1, got 0"),
-    (dict(schedule="linear"), "unknown schedule='linear'; choose one of cosine, wsd, step, constant",
-     "unknown --schedule linear; choose one of"),
-    (dict(dtype="int8"), "unknown dtype='int8'", "unknown --dtype int8"),
-    (dict(max_time=-5), "max_time must be positive", "--max-time must be positive"),
-])
+@pytest.mark.parametrize(
+    "kw, python, cli",
+    [
+        (dict(batch_size=0), "batch_size must be at least 1, got 0", "--batch-size must be at least 1, got 0"),
+        (
+            dict(schedule="linear"),
+            "unknown schedule='linear'; choose one of cosine, wsd, step, constant",
+            "unknown --schedule linear; choose one of",
+        ),
+        (dict(dtype="int8"), "unknown dtype='int8'", "unknown --dtype int8"),
+        (dict(max_time=-5), "max_time must be positive", "--max-time must be positive"),
+    ],
+)
 def test_messages_name_options_as_the_caller_spells_them(kw, python, cli):
     with pytest.raises(ConfigError, match=python):
         TrainConfig(**kw)

@@ -205,8 +205,19 @@ def test_the_lstm_candidate_gate_is_g_and_lives_in_minus_one_to_one():
 def test_record_holds_the_asked_for_and_the_found_units_as_the_probes_record_them():
     vocab = Vocab.from_text(TEXT)
     model = tiny_model("gru", len(vocab))
-    rec = recording.record(model, vocab, TEXT + TEXT, units=[3, 1], layer=1, find="bracket-depth", top=3,
-                           gates=True, max_chars=len(TEXT), source="t.c", checkpoint="x/best.pt")
+    rec = recording.record(
+        model,
+        vocab,
+        TEXT + TEXT,
+        units=[3, 1],
+        layer=1,
+        find="bracket-depth",
+        top=3,
+        gates=True,
+        max_chars=len(TEXT),
+        source="t.c",
+        checkpoint="x/best.pt",
+    )
     assert rec.text == TEXT and rec.source_n_chars == 2 * len(TEXT) and rec.what == "h"
     ids = viz.encode_text(vocab, TEXT, "t")
     everything = viz.UnitProbe(0, "h", list(range(8)))
@@ -292,7 +303,10 @@ def test_streamed_correlation_equals_corrcoef_and_constant_units_give_zero():
 def test_rank_units_breaks_ties_by_layer_then_unit_and_keeps_the_sign():
     r = np.array([[0.5, -0.9, 0.0], [0.9, 0.1, -0.5]])
     assert [(s.layer, s.unit, s.r) for s in viz.rank_units(r, [2, 3], top=4)] == [
-        (2, 1, -0.9), (3, 0, 0.9), (2, 0, 0.5), (3, 2, -0.5)
+        (2, 1, -0.9),
+        (3, 0, 0.9),
+        (2, 0, 0.5),
+        (3, 2, -0.5),
     ]
 
 
@@ -421,7 +435,11 @@ def test_page_has_one_span_per_character_and_no_external_resources():
     values = np.linspace(-1, 1, len(text))
     views = [html_report.View("L1 #0 h", "layer 1, unit 0, h", values), html_report.View("L1 #1 h", "unit 1", -values)]
     page = html_report.render_page(
-        text, title="t <x>", meta=["m & n"], views=views, vocab=vocab,
+        text,
+        title="t <x>",
+        meta=["m & n"],
+        views=views,
+        vocab=vocab,
         predictions=fake_predictions(len(text), len(vocab)),
         find=("quote", [(viz.UnitScore(0, 0, 0.5), 0)]),
         gates=[viz.GateSaturation(0, "input", np.array([0.1, 0.5]), np.array([0.2, 0.3]))],
@@ -448,8 +466,9 @@ def test_page_stays_small_for_20k_characters():
     vocab = "".join(sorted(set(text)))
     rng = np.random.default_rng(0)
     views = [html_report.View(f"u{i}", f"unit {i}", rng.uniform(-1, 1, n)) for i in range(3)]
-    page = html_report.render_page(text, title="big", meta=[], views=views, vocab=vocab,
-                                   predictions=fake_predictions(n, len(vocab)))
+    page = html_report.render_page(
+        text, title="big", meta=[], views=views, vocab=vocab, predictions=fake_predictions(n, len(vocab))
+    )
     size = len(page.encode("utf-8"))
     # ~14 bytes of markup + ~15 of predictions + ~1.3 per view and character.
     assert size < 36 * n, f"{size / n:.1f} bytes per character"

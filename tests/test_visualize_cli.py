@@ -121,11 +121,15 @@ def test_find_ranks_units_as_the_library_does_and_shows_the_best(ckpts):
     result = invoke(ckpts["lstm"], "--text", ckpts["text"], "--find", "bracket-depth", "--top", "3")
     assert result.exit_code == 0, result.stderr
     assert "units that track bracket-depth" in result.stdout
-    rows = [line.split("│")[1:5] for line in result.stdout.splitlines()
-            if line.startswith("│ ") and line[2:4].strip().isdigit()]
+    rows = [
+        line.split("│")[1:5]
+        for line in result.stdout.splitlines()
+        if line.startswith("│ ") and line[2:4].strip().isdigit()
+    ]
     shown = [(int(layer), int(unit), float(r)) for _, layer, unit, r in rows]
-    data = json.loads(invoke(ckpts["lstm"], "--text", ckpts["text"], "--find", "bracket-depth", "--top", "3",
-                             "--json").stdout)
+    data = json.loads(
+        invoke(ckpts["lstm"], "--text", ckpts["text"], "--find", "bracket-depth", "--top", "3", "--json").stdout
+    )
     assert shown == [(r["layer"], r["unit"], round(r["r"], 3)) for r in data["find"]["ranking"]]
     best = shown[0]
     assert f"layer {best[0]}, unit {best[1]}, tanh(c), r = {best[2]:+.3f} with bracket-depth" in result.stdout
@@ -158,8 +162,13 @@ def test_gates_table_shows_the_saturation_the_library_counts(ckpts, name, gates)
     probe = viz.GateProbe(ckpt.model_config)
     viz.run(ckpt.build_model(), viz.encode_text(ckpt.vocab, TEXT, "t"), [probe])
     expected = {
-        (g.layer + 1, g.gate): [f"{g.left.mean():.1%}", f"{g.right.mean():.1%}", str(int((g.left > 0.5).sum())),
-                                str(int((g.right > 0.5).sum())), str(int(((g.left + g.right) < 0.05).sum()))]
+        (g.layer + 1, g.gate): [
+            f"{g.left.mean():.1%}",
+            f"{g.right.mean():.1%}",
+            str(int((g.left > 0.5).sum())),
+            str(int((g.right > 0.5).sum())),
+            str(int(((g.left + g.right) < 0.05).sum())),
+        ]
         for g in probe.result
     }
     assert gate_rows(result.stdout) == expected
@@ -172,8 +181,9 @@ def test_gates_table_shows_the_saturation_the_library_counts(ckpts, name, gates)
 
 
 def test_json_holds_the_activations_and_predictions(ckpts):
-    result = invoke(ckpts["lstm"], "--text", ckpts["text"], "--unit", "1", "--unit", "5", "--layer", "1",
-                    "--what", "h", "--json")
+    result = invoke(
+        ckpts["lstm"], "--text", ckpts["text"], "--unit", "1", "--unit", "5", "--layer", "1", "--what", "h", "--json"
+    )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     n = len(TEXT)
@@ -201,14 +211,27 @@ def test_json_find_and_gates(ckpts):
         (r["layer"], r["unit"], r["r"]) for r in ranking
     ]
     assert len(data["units"][0]["values"]) == len(TEXT)
-    assert {(g["layer"], g["gate"]) for g in data["gates"]} == {(layer, gate) for layer in (1, 2)
-                                                                 for gate in ("reset", "update")}
+    assert {(g["layer"], g["gate"]) for g in data["gates"]} == {
+        (layer, gate) for layer in (1, 2) for gate in ("reset", "update")
+    }
 
 
 def test_html_page_is_written(ckpts, tmp_path):
     page = tmp_path / "units.html"
-    result = invoke(ckpts["lstm"], "--text", ckpts["text"], "--find", "indent", "--top", "2", "--unit", "0",
-                    "--gates", "--html", str(page))
+    result = invoke(
+        ckpts["lstm"],
+        "--text",
+        ckpts["text"],
+        "--find",
+        "indent",
+        "--top",
+        "2",
+        "--unit",
+        "0",
+        "--gates",
+        "--html",
+        str(page),
+    )
     assert result.exit_code == 0, result.stderr
     html = page.read_text(encoding="utf-8")
     assert html.count("<option") == 5  # unit 0, two found units, the feature, surprisal
@@ -315,8 +338,10 @@ def test_out_of_range_numbers_are_usage_errors(ckpts, args, option):
     [
         (["--string", "", "--unit", "0"], "the text is empty"),
         (["--string", "int €", "--unit", "0"], "1 character(s) are not in the model's vocabulary: '€'"),
-        (["--string", "ab", "--sample", "5", "--unit", "0"],
-         "pass exactly one of --text FILE, --string TEXT or --sample N"),
+        (
+            ["--string", "ab", "--sample", "5", "--unit", "0"],
+            "pass exactly one of --text FILE, --string TEXT or --sample N",
+        ),
         (["--unit", "0"], "pass exactly one of"),
         (["--text", "/nonexistent.txt", "--unit", "0"], "no such file"),
     ],

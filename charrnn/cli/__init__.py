@@ -40,7 +40,8 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from charrnn.cli import eval as eval_cli, inspect, sample, train
+    from charrnn.cli import eval as eval_cli
+    from charrnn.cli import inspect, sample, train
 
     cli.add_command(train.train)
     cli.add_command(sample.sample)
@@ -48,6 +49,7 @@ def _register() -> None:
     cli.add_command(inspect.inspect_cmd, name="inspect-checkpoint")
     cli.add_command(eval_cli.eval_cmd)
     from charrnn.cli import visualize
+
     cli.add_command(visualize.visualize)
 
 

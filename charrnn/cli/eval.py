@@ -14,7 +14,13 @@ from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("text", required=False, type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="Characters per chunk; the state carries across chunks.")
+@click.option(
+    "--seq-len",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Characters per chunk; the state carries across chunks.",
+)
 @click.option("--encoding", default="utf-8", show_default=True)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -28,12 +34,20 @@ def eval_cmd(checkpoint: Path, text: Path | None, batch_size, seq_len, encoding,
     """
     result = evaluate(checkpoint, text, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device)
     if as_json:
-        echo_json({
-            "checkpoint": str(checkpoint), "text": result.text, "n_chars": result.n_chars,
-            "loss_nats": result.nats, "loss_bits": result.bits, "perplexity": result.perplexity,
-            # Deprecated spellings (charrnn 1.0), to be removed in 1.2.
-            "chars": result.n_chars, "nats_per_char": result.nats, "bits_per_char": result.bits,
-        })
+        echo_json(
+            {
+                "checkpoint": str(checkpoint),
+                "text": result.text,
+                "n_chars": result.n_chars,
+                "loss_nats": result.nats,
+                "loss_bits": result.bits,
+                "perplexity": result.perplexity,
+                # Deprecated spellings (charrnn 1.0), to be removed in 1.2.
+                "chars": result.n_chars,
+                "nats_per_char": result.nats,
+                "bits_per_char": result.bits,
+            }
+        )
     else:
         stderr_console().print(f"[dim]{result.text}: {result.n_chars:,} characters scored")
         click.echo(f"{result.nats:.4f} nats/char  {result.bits:.4f} bits/char  perplexity {result.perplexity:.3f}")

@@ -37,8 +37,11 @@ def describe(ckpt: ckpt_io.Checkpoint) -> dict:
         "format": {"marker": ckpt_io.FORMAT_MARKER, "version": ckpt.version},
         "written_by": {"charrnn": ckpt.charrnn_version, "torch": ckpt.torch_version, "created": ckpt.created},
         "model": {**cfg.to_dict(), "parameters": params},
-        "vocab": {"size": len(ckpt.vocab), "chars": ckpt.vocab.chars,
-                  "escaped": [escape_char(c) for c in ckpt.vocab.chars]},
+        "vocab": {
+            "size": len(ckpt.vocab),
+            "chars": ckpt.vocab.chars,
+            "escaped": [escape_char(c) for c in ckpt.vocab.chars],
+        },
         "corpus": ckpt.corpus,
         "train_config": ckpt.train_config,
         "progress": ckpt.progress,
@@ -73,28 +76,51 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
         return
     console = Console(highlight=False)  # the tables are this command's product: stdout
     m = info["model"]
-    console.print(_kv_table(f"{checkpoint}", [
-        ("format", f"{info['format']['marker']} v{info['format']['version']}"),
-        ("written by", f"charrnn {info['written_by']['charrnn']}, torch {info['written_by']['torch']}, {info['written_by']['created']}"),
-    ]))
-    console.print(_kv_table("model", [
-        ("cell", m["cell"].upper()),
-        ("layers x hidden", f"{m['num_layers']} x {m['hidden_size']}"),
-        ("embedding", m["embedding_size"]),
-        ("dropout", m["dropout"]),
-        ("parameters", f"{m['parameters']:,}"),
-    ]))
-    console.print(_kv_table("vocabulary", [
-        ("size", info["vocab"]["size"]),
-        ("characters", " ".join(info["vocab"]["escaped"])),
-    ]))
+    console.print(
+        _kv_table(
+            f"{checkpoint}",
+            [
+                ("format", f"{info['format']['marker']} v{info['format']['version']}"),
+                (
+                    "written by",
+                    f"charrnn {info['written_by']['charrnn']}, torch {info['written_by']['torch']}, {info['written_by']['created']}",
+                ),
+            ],
+        )
+    )
+    console.print(
+        _kv_table(
+            "model",
+            [
+                ("cell", m["cell"].upper()),
+                ("layers x hidden", f"{m['num_layers']} x {m['hidden_size']}"),
+                ("embedding", m["embedding_size"]),
+                ("dropout", m["dropout"]),
+                ("parameters", f"{m['parameters']:,}"),
+            ],
+        )
+    )
+    console.print(
+        _kv_table(
+            "vocabulary",
+            [
+                ("size", info["vocab"]["size"]),
+                ("characters", " ".join(info["vocab"]["escaped"])),
+            ],
+        )
+    )
     corpus = info["corpus"]
-    console.print(_kv_table("corpus", [
-        ("name", corpus.get("name")),
-        ("characters", f"{corpus.get('chars', 0):,}"),
-        ("sha256", corpus.get("sha256")),
-        ("validation", f"last {corpus.get('val_frac')} of the text"),
-    ]))
+    console.print(
+        _kv_table(
+            "corpus",
+            [
+                ("name", corpus.get("name")),
+                ("characters", f"{corpus.get('chars', 0):,}"),
+                ("sha256", corpus.get("sha256")),
+                ("validation", f"last {corpus.get('val_frac')} of the text"),
+            ],
+        )
+    )
     p, loss = info["progress"], info["loss"]
     rows = [
         ("step / epoch", f"{p.get('step')} / {p.get('epoch')}"),
@@ -102,7 +128,9 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
         ("characters seen", f"{p.get('chars_seen', 0):,}"),
     ]
     if loss["last_train_nats"] is not None:
-        rows.append(("last train loss", f"{loss['last_train_nats']:.4f} nats/char = {loss['last_train_bits']:.4f} bits/char"))
+        rows.append(
+            ("last train loss", f"{loss['last_train_nats']:.4f} nats/char = {loss['last_train_bits']:.4f} bits/char")
+        )
     if loss["best_val_nats"] is not None:
         rows.append(("best val loss", f"{loss['best_val_nats']:.4f} nats/char = {loss['best_val_bits']:.4f} bits/char"))
     val = info["history"].get("val_loss", [])

@@ -32,16 +32,46 @@ class _Stream:
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINT)
-@click.option("--length", "-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Characters to generate (after the prime).")
-@click.option("--temperature", "-t", type=float, default=0.8, show_default=True, help="> 0; lower is more conservative, 1 samples the model's own distribution.")
-@click.option("--prime", "--primetext", "prime", default="", help="Text that seeds the hidden state; printed before the continuation.")
+@click.option(
+    "--length",
+    "-n",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Characters to generate (after the prime).",
+)
+@click.option(
+    "--temperature",
+    "-t",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="> 0; lower is more conservative, 1 samples the model's own distribution.",
+)
+@click.option(
+    "--prime",
+    "--primetext",
+    "prime",
+    default="",
+    help="Text that seeds the hidden state; printed before the continuation.",
+)
 @click.option("--argmax", is_flag=True, help="Always take the most likely character (greedy) instead of sampling.")
-@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample only from the k most likely characters.")
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=None, help="Sample only from the k most likely characters."
+)
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
-@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Independent samples, generated together as a batch.")
+@click.option(
+    "--num-samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Independent samples, generated together as a batch.",
+)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prime, samples, options) instead of streaming.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (prime, samples, options) instead of streaming."
+)
 def sample(checkpoint: Path, length, temperature, prime, argmax, top_k, seed, num_samples, device, threads, as_json):
     """Generate text from CHECKPOINT (default: out/best.pt) and stream it to stdout.
 
@@ -56,8 +86,15 @@ def sample(checkpoint: Path, length, temperature, prime, argmax, top_k, seed, nu
         texts = model.sample(length, **options)
         texts = [texts] if isinstance(texts, str) else texts
         if as_json:
-            echo_json({"checkpoint": str(checkpoint), "length": length, "num_samples": num_samples, **options,
-                       "samples": texts})
+            echo_json(
+                {
+                    "checkpoint": str(checkpoint),
+                    "length": length,
+                    "num_samples": num_samples,
+                    **options,
+                    "samples": texts,
+                }
+            )
         else:
             for text in texts:
                 sys.stdout.write(text + "\n\n" + "-" * 40 + "\n")

@@ -7,214 +7,244 @@ What a run *is* (resume and fine-tuning rules, the out-dir guard, finding the te
 from __future__ import annotations
 
 import json
-import logging
-import re
 import signal
-import sys
-import time
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 from rich.panel import Panel
 from rich.table import Table
-from tqdm import tqdm
 
 from charrnn import distributed
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, Duration, UserError, format_duration, stderr_console
+from charrnn.cli.common import (
+    DEFAULT_OUT_DIR,
+    DEVICE_HELP,
+    THREADS_HELP,
+    Duration,
+    UserError,
+    format_duration,
+    stderr_console,
+)
+from charrnn.cli.launch import SIGNAL_EXIT, Separator, launch
+from charrnn.cli.progress import Progress
 from charrnn.corpus import describe_skipped
 from charrnn.devices import resolve_device
-from charrnn.errors import ConfigError
 from charrnn.loss import DEFAULT_EVAL_CHARS, DEFAULT_EVAL_CHARS_CPU, LN2
 from charrnn.model import CELLS, ModelConfig
 from charrnn.options import RUN_DEFAULTS
 from charrnn.run import SAMPLE_TEMPERATURE, Run
-from charrnn.trainer import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, Callback, TrainConfig, Trainer
+from charrnn.trainer import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, TrainConfig
 
 MODEL_DEFAULTS = ModelConfig(vocab_size=1)
 TRAIN_DEFAULTS = TrainConfig(max_steps=DEFAULT_MAX_STEPS)
-SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 CLI_ONLY = ("text", "out_dir", "resume", "init_from", "force", "nproc", "quiet", "as_json")
-
-
-class Progress(Callback):
-    """A tqdm bar on stderr and a rich line per evaluation."""
-
-    def __init__(self, console, quiet: bool):
-        self.console, self.quiet = console, quiet
-        self.bar = None
-        self._tick = None
-        self._rate = None
-
-    def on_start(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        budget = trainer.budget
-        self.by_time = budget.unit == "s"
-        if self.quiet:
-            return
-        self.bar = tqdm(
-            total=round(budget.total),
-            initial=round(budget.position(trainer.state.step, trainer.state.elapsed)),
-            unit=budget.unit,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            mininterval=0.5,
-            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
-        )
-        self._tick = time.perf_counter()
-
-    def on_step(self, info) -> None:
-        now = time.perf_counter()
-        if self._tick is not None:
-            rate = info.chars / max(now - self._tick, 1e-9)
-            self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
-        self._tick = now
-        if self.bar is None:
-            return
-        self.bar.set_postfix_str(
-            f"step {info.step} ep {info.epoch} loss {info.loss:.3f} lr {info.lr:.2e} {self._rate or 0:,.0f} char/s",
-            refresh=False,
-        )
-        self.bar.update(round(info.elapsed) - self.bar.n if self.by_time else info.step - self.bar.n)
-
-    def on_eval(self, info) -> None:
-        self._tick = time.perf_counter()  # do not count evaluation time against the char/s rate
-        if self.quiet:
-            return
-        mark = "[bold green]best[/]" if info.best else ""
-        line = (
-            f"step {info.step:>6}  epoch {info.epoch:>3}  train {info.train_loss:.4f}  "
-            f"val {info.val.nats:.4f} nats/char = {info.val.bits:.4f} bits/char  ({info.seconds:.1f}s) {mark}"
-        )
-        self._print(line)
-
-    def on_nan_skip(self, step, new_lr_scale) -> None:
-        # Shown even with --quiet: the run is not doing what was asked.
-        self._print(f"[yellow]step {step}: NaN/inf loss, batch skipped, learning rate now x{new_lr_scale:g}")
-
-    def on_signal(self, name: str) -> None:
-        self._print(f"[yellow]{name}: finishing this step and saving last.pt (press Ctrl-C again to quit at once)")
-
-    def _print(self, line: str) -> None:
-        with tqdm.external_write_mode(file=sys.stderr):
-            self.console.print(line)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
 
-class Separator(click.ParamType):
-    """A string with the escapes \\n, \\t, \\r, \\0 and \\\\ understood (shells pass them literally)."""
-
-    name = "TEXT"
-    ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\"}
-
-    def convert(self, value, param, ctx):
-        def unescape(match):
-            if match.group(1) not in self.ESCAPES:
-                self.fail(f"unknown escape \\{match.group(1)} in {value!r}; use \\n, \\t, \\r, \\0 or \\\\", param, ctx)
-            return self.ESCAPES[match.group(1)]
-
-        return re.sub(r"\\(.)", unescape, value, flags=re.DOTALL)
-
-    @classmethod
-    def escape(cls, value: str) -> str:
-        """The inverse of ``convert``: what to put on a command line to get ``value`` back."""
-        for plain, escaped in (("\\", "\\\\"), ("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r"), ("\0", "\\0")):
-            value = value.replace(plain, escaped)
-        return value
-
-def _command_line(ctx: click.Context, leave_out: tuple[str, ...]) -> list[str]:
-    """The options and arguments given to this command, as a command line (for --nproc's processes)."""
-    args: list[str] = []
-    for param in ctx.command.params:
-        if param.name in leave_out or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
-            continue
-        value = ctx.params[param.name]
-        if isinstance(param, click.Argument):
-            args.insert(0, str(value))
-        elif param.is_flag and param.secondary_opts:
-            args.append(param.opts[0] if value else param.secondary_opts[0])
-        elif param.is_flag:
-            if value:
-                args.append(param.opts[0])
-        else:
-            args += [param.opts[0], Separator.escape(value) if isinstance(param.type, Separator) else str(value)]
-    return args
-
-
-def _launch(ctx: click.Context, nproc: int, device) -> None:
-    """--nproc N: run this same command in N processes through torch.distributed.run (torchrun's own
-    launcher, on this machine), wait for them, and exit with the first failure's exit code."""
-    import torch
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    if device.type == "cuda" and device.index is not None:
-        raise ConfigError(f"--device {device} picks one GPU, but --nproc gives each process its own; pass --device cuda or auto")
-    if device.type == "cuda" and nproc > torch.cuda.device_count():
-        raise ConfigError(f"--nproc {nproc} wants a GPU per process, but there are {torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --device cpu")
-    if device.type not in ("cuda", "cpu"):
-        raise ConfigError(f"--nproc needs --device cuda or cpu, not {device.type}")
-    argv = ["--standalone", "--nproc-per-node", str(nproc), "-m", "charrnn", "train", *_command_line(ctx, ("nproc",))]
-    # The launcher's own notices (rendezvous details, "sending SIGINT to workers") are not for users;
-    # the workers' errors and rank 0's output still reach the terminal.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
-    try:
-        run(get_args_parser().parse_args(argv))
-    except ChildFailedError as exc:
-        _, failure = exc.get_first_failure()
-        code = failure.exitcode
-        ctx.exit(code if code > 0 else 128 - code if code < 0 else 1)  # killed by signal N: 128 + N
-    except SignalException as exc:
-        ctx.exit(SIGNAL_EXIT.get(exc.sigval.name, 130))
-
-
 @click.command()
 @click.argument("text", required=False, type=click.Path(dir_okay=True, path_type=str))
-@click.option("--cell", type=click.Choice(list(CELLS)), default=MODEL_DEFAULTS.cell, show_default=True, help="Recurrent cell.")
+@click.option(
+    "--cell", type=click.Choice(list(CELLS)), default=MODEL_DEFAULTS.cell, show_default=True, help="Recurrent cell."
+)
 @click.option("--num-layers", type=click.IntRange(min=1), default=MODEL_DEFAULTS.num_layers, show_default=True)
-@click.option("--hidden-size", "--rnn-size", "hidden_size", type=click.IntRange(min=1), default=MODEL_DEFAULTS.hidden_size, show_default=True, help="Units per layer (char-rnn: --rnn-size).")
-@click.option("--embedding-size", type=click.IntRange(min=1), default=MODEL_DEFAULTS.embedding_size, show_default=True, help="Size of the learned character embedding.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=MODEL_DEFAULTS.dropout, show_default=True, help="Dropout between layers and before the output layer.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.batch_size, show_default=True, help="Parallel streams per step (per process).")
-@click.option("--seq-len", "--seq-length", "seq_len", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.seq_len, show_default=True, help="Characters per stream per step (BPTT length).")
-@click.option("--lr", "--learning-rate", "lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr, show_default=True, help="Adam learning rate.")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=TRAIN_DEFAULTS.schedule, show_default=True, help="cosine: to lr*min-lr-frac over the budget; wsd: constant, then linear to lr*min-lr-frac over the last 20%; step: char-rnn's per-epoch decay; constant.")
+@click.option(
+    "--hidden-size",
+    "--rnn-size",
+    "hidden_size",
+    type=click.IntRange(min=1),
+    default=MODEL_DEFAULTS.hidden_size,
+    show_default=True,
+    help="Units per layer (char-rnn: --rnn-size).",
+)
+@click.option(
+    "--embedding-size",
+    type=click.IntRange(min=1),
+    default=MODEL_DEFAULTS.embedding_size,
+    show_default=True,
+    help="Size of the learned character embedding.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=MODEL_DEFAULTS.dropout,
+    show_default=True,
+    help="Dropout between layers and before the output layer.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=TRAIN_DEFAULTS.batch_size,
+    show_default=True,
+    help="Parallel streams per step (per process).",
+)
+@click.option(
+    "--seq-len",
+    "--seq-length",
+    "seq_len",
+    type=click.IntRange(min=1),
+    default=TRAIN_DEFAULTS.seq_len,
+    show_default=True,
+    help="Characters per stream per step (BPTT length).",
+)
+@click.option(
+    "--lr",
+    "--learning-rate",
+    "lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=TRAIN_DEFAULTS.lr,
+    show_default=True,
+    help="Adam learning rate.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default=TRAIN_DEFAULTS.schedule,
+    show_default=True,
+    help="cosine: to lr*min-lr-frac over the budget; wsd: constant, then linear to lr*min-lr-frac over the last 20%; step: char-rnn's per-epoch decay; constant.",
+)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True)
-@click.option("--min-lr-frac", type=click.FloatRange(0, 1), default=TRAIN_DEFAULTS.min_lr_frac, show_default=True, help="cosine: final lr as a fraction of --lr.")
-@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=TRAIN_DEFAULTS.lr_decay, show_default=True, help="step: lr multiplier per epoch ...")
-@click.option("--lr-decay-after", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.lr_decay_after, show_default=True, help="step: ... after this many epochs.")
-@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.grad_clip, show_default=True, help="Clip the global gradient norm to this.")
+@click.option(
+    "--min-lr-frac",
+    type=click.FloatRange(0, 1),
+    default=TRAIN_DEFAULTS.min_lr_frac,
+    show_default=True,
+    help="cosine: final lr as a fraction of --lr.",
+)
+@click.option(
+    "--lr-decay",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=TRAIN_DEFAULTS.lr_decay,
+    show_default=True,
+    help="step: lr multiplier per epoch ...",
+)
+@click.option(
+    "--lr-decay-after",
+    type=click.IntRange(min=0),
+    default=TRAIN_DEFAULTS.lr_decay_after,
+    show_default=True,
+    help="step: ... after this many epochs.",
+)
+@click.option(
+    "--grad-clip",
+    type=click.FloatRange(min=0, min_open=True),
+    default=TRAIN_DEFAULTS.grad_clip,
+    show_default=True,
+    help="Clip the global gradient norm to this.",
+)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
-@click.option("--max-epochs", type=click.IntRange(min=1), default=None, help="Stop after this many passes over the training split.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help=f"Stop at this step, counted from the start of the run [default: {DEFAULT_MAX_STEPS} when no other budget is given].")
-@click.option("--max-time", type=Duration(), default=None, help="Wall-clock budget, e.g. 10m or 1h30m; the cosine and wsd schedules then follow the clock.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.eval_every, show_default=True, help="Steps between validation passes and checkpoints.")
-@click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=TRAIN_DEFAULTS.val_frac, show_default=True, help="Last fraction of the text held out for validation.")
+@click.option(
+    "--max-epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many passes over the training split.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Stop at this step, counted from the start of the run [default: {DEFAULT_MAX_STEPS} when no other budget is given].",
+)
+@click.option(
+    "--max-time",
+    type=Duration(),
+    default=None,
+    help="Wall-clock budget, e.g. 10m or 1h30m; the cosine and wsd schedules then follow the clock.",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=TRAIN_DEFAULTS.eval_every,
+    show_default=True,
+    help="Steps between validation passes and checkpoints.",
+)
+@click.option(
+    "--val-frac",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=TRAIN_DEFAULTS.val_frac,
+    show_default=True,
+    help="Last fraction of the text held out for validation.",
+)
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True, help="Autocast precision for training (bf16/fp16 on CUDA).")
-@click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model (checkpoints stay uncompiled).")
-@click.option("--on-nan", type=click.Choice(["stop", "skip"]), default="stop", show_default=True, help="stop: end training on a NaN/inf; skip: drop the batch and halve the lr.")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT_DIR, show_default=True, help="Where last.pt and best.pt go.")
-@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue the run saved in this checkpoint (weights, optimizer, schedule, data position).")
-@click.option("--init-from", type=click.Path(path_type=Path), default=None, help="Start a new run from this checkpoint's weights and vocabulary (fine-tuning).")
+@click.option(
+    "--dtype",
+    type=click.Choice(list(DTYPES)),
+    default="fp32",
+    show_default=True,
+    help="Autocast precision for training (bf16/fp16 on CUDA).",
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=False,
+    show_default=True,
+    help="torch.compile the model (checkpoints stay uncompiled).",
+)
+@click.option(
+    "--on-nan",
+    type=click.Choice(["stop", "skip"]),
+    default="stop",
+    show_default=True,
+    help="stop: end training on a NaN/inf; skip: drop the batch and halve the lr.",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT_DIR,
+    show_default=True,
+    help="Where last.pt and best.pt go.",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue the run saved in this checkpoint (weights, optimizer, schedule, data position).",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start a new run from this checkpoint's weights and vocabulary (fine-tuning).",
+)
 @click.option("--force", is_flag=True, help="Overwrite checkpoints of an earlier run in --out-dir.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of TEXT, e.g. latin-1.")
-@click.option("--separator", type=Separator(), default="\n", show_default="\\n", help="Put between the files of a folder or glob (\\n, \\t, \\0 understood).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the encoded corpus is kept for the next run [default: OUT_DIR/cache].")
+@click.option(
+    "--separator",
+    type=Separator(),
+    default="\n",
+    show_default="\\n",
+    help="Put between the files of a folder or glob (\\n, \\t, \\0 understood).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the encoded corpus is kept for the next run [default: OUT_DIR/cache].",
+)
 @click.option("--no-cache", is_flag=True, help="Encode TEXT in memory at every start instead of caching it.")
-@click.option("--eval-chars", type=click.IntRange(min=2), default=None, help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,} on a GPU, {DEFAULT_EVAL_CHARS_CPU:,} elsewhere].")
-@click.option("--nproc", type=click.IntRange(min=1), default=None, help="Train data-parallel in this many processes on this machine (one per GPU; gloo on CPU), started through torch.distributed.run. The global batch is --batch-size x NPROC. For several machines use torchrun.")
-@click.option("--sample-length", type=click.IntRange(min=0), default=RUN_DEFAULTS["sample_length"], show_default=True, help="Characters to sample from the best model at the end (0: none).")
+@click.option(
+    "--eval-chars",
+    type=click.IntRange(min=2),
+    default=None,
+    help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,} on a GPU, {DEFAULT_EVAL_CHARS_CPU:,} elsewhere].",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train data-parallel in this many processes on this machine (one per GPU; gloo on CPU), started through torch.distributed.run. The global batch is --batch-size x NPROC. For several machines use torchrun.",
+)
+@click.option(
+    "--sample-length",
+    type=click.IntRange(min=0),
+    default=RUN_DEFAULTS["sample_length"],
+    show_default=True,
+    help="Characters to sample from the best model at the end (0: none).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.pass_context
@@ -239,14 +269,21 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
     if nproc is not None and distributed.launched():
         raise UserError("--nproc starts processes itself; drop it when running under torchrun")
     if nproc is not None and nproc > 1:
-        return _launch(ctx, nproc, resolve_device(flags["device"]))
+        return launch(ctx, nproc, resolve_device(flags["device"]))
     # Only the flags given count as given: on --resume the others keep the checkpoint's values.
     options = {name: value for name, value in flags.items() if _given(ctx, name)}
     if quiet:
         options["sample_length"] = 0
     progress = Progress(console, quiet)
-    run = Run(text, out_dir=out_dir if _given(ctx, "out_dir") else None, resume=resume, init_from=init_from,
-              force=force, callback=progress, **options)
+    run = Run(
+        text,
+        out_dir=out_dir if _given(ctx, "out_dir") else None,
+        resume=resume,
+        init_from=init_from,
+        force=force,
+        callback=progress,
+        **options,
+    )
     trainer, session = run.trainer, run.session
     if not session.is_main:  # rank 0 speaks for the job
         quiet, as_json = True, False
@@ -262,12 +299,18 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
             f"{cfg.cell.upper()} {cfg.num_layers}x{cfg.hidden_size} "
             f"({params:,} parameters) on {trainer.device}; {len(trainer.batches)} steps/epoch"
             + (f"; resuming at step {trainer.state.step}" if run.resumed else "")
-            + (f"; {session.world_size} processes, global batch {run.train_config.batch_size * session.world_size}"
-               if session.active else "")
+            + (
+                f"; {session.world_size} processes, global batch {run.train_config.batch_size * session.world_size}"
+                if session.active
+                else ""
+            )
         )
         if loaded is not None:
-            cached = {"hit": f"cached corpus reused from {loaded.cache_file}",
-                      "built": f"corpus encoded into {loaded.cache_file}", "off": "not cached"}
+            cached = {
+                "hit": f"cached corpus reused from {loaded.cache_file}",
+                "built": f"corpus encoded into {loaded.cache_file}",
+                "off": "not cached",
+            }
             console.print(f"[dim]{loaded.n_files:,} file(s), {cached[loaded.cache]}")
     try:
         result = run.execute(signals=(signal.SIGINT, signal.SIGTERM))
@@ -282,8 +325,11 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
     if interrupted and session.is_main:
         console.print(f"Stopped by {signal_name}; continue with: charrnn train --resume {result.last_path}")
     elif result.sample is not None and not quiet:
-        console.print(Panel(result.sample, title=f"sample from {result.best_path} (temperature {SAMPLE_TEMPERATURE})",
-                            expand=False))
+        console.print(
+            Panel(
+                result.sample, title=f"sample from {result.best_path} (temperature {SAMPLE_TEMPERATURE})", expand=False
+            )
+        )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     if interrupted:
@@ -309,8 +355,11 @@ def _summary(result, params: int) -> dict:
         "sample": result.sample,
     }
     # Deprecated spellings (charrnn 1.0), to be removed in 1.2.
-    summary.update(best_val_loss=summary["best_val_nats"], best_val_bpc=summary["best_val_bits"],
-                   last_val_loss=summary["last_val_nats"])
+    summary.update(
+        best_val_loss=summary["best_val_nats"],
+        best_val_bpc=summary["best_val_bits"],
+        last_val_loss=summary["last_val_nats"],
+    )
     return summary
 
 

@@ -14,8 +14,8 @@ terminal views of the ``Recording`` it returns (the JSON and the page are ``char
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
 import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -46,41 +46,107 @@ GATE_CELL_DEPRECATED = "--what gate:cell is deprecated and will be removed; use 
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINT)
-@click.option("--text", "text_path", type=click.Path(path_type=Path),
-              help="Run the model over this text: a file, a folder or a quoted glob, as for `charrnn train`.")
+@click.option(
+    "--text",
+    "text_path",
+    type=click.Path(path_type=Path),
+    help="Run the model over this text: a file, a folder or a quoted glob, as for `charrnn train`.",
+)
 @click.option("--string", "string", metavar="TEXT", help="Run the model over this literal text.")
-@click.option("--sample", "sample_length", type=click.IntRange(min=1), metavar="N",
-              help="Run the model over N characters it generates itself.")
+@click.option(
+    "--sample",
+    "sample_length",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Run the model over N characters it generates itself.",
+)
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed for --sample.")
-@click.option("--temperature", "-t", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True,
-              help="Temperature for --sample (> 0).")
-@click.option("--layer", type=click.IntRange(min=1), default=None,
-              help="Layer, numbered from 1. Default: the last for --unit; every layer for --find.")
-@click.option("--unit", "units", type=click.IntRange(min=0), multiple=True,
-              help="Unit (hidden-state component) index from 0; repeat for several.")
-@click.option("--cell", "deprecated_units", type=click.IntRange(min=0), multiple=True, hidden=True,
-              help="Deprecated: use --unit.")
-@click.option("--what", default=None, metavar="QUANTITY",
-              help="h, c (shown as tanh(c)) or gate:NAME (LSTM: input, forget, g, output; GRU: reset, "
-                   "update, candidate). Default: c for an LSTM, h otherwise.")
-@click.option("--find", "feature", metavar="FEATURE",
-              help="Rank every unit by its correlation with a feature: quote, line-position, bracket-depth, "
-                   "indent, comment, word-position, or regex:PATTERN.")
+@click.option(
+    "--temperature",
+    "-t",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.8,
+    show_default=True,
+    help="Temperature for --sample (> 0).",
+)
+@click.option(
+    "--layer",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Layer, numbered from 1. Default: the last for --unit; every layer for --find.",
+)
+@click.option(
+    "--unit",
+    "units",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="Unit (hidden-state component) index from 0; repeat for several.",
+)
+@click.option(
+    "--cell", "deprecated_units", type=click.IntRange(min=0), multiple=True, hidden=True, help="Deprecated: use --unit."
+)
+@click.option(
+    "--what",
+    default=None,
+    metavar="QUANTITY",
+    help="h, c (shown as tanh(c)) or gate:NAME (LSTM: input, forget, g, output; GRU: reset, "
+    "update, candidate). Default: c for an LSTM, h otherwise.",
+)
+@click.option(
+    "--find",
+    "feature",
+    metavar="FEATURE",
+    help="Rank every unit by its correlation with a feature: quote, line-position, bracket-depth, "
+    "indent, comment, word-position, or regex:PATTERN.",
+)
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the --find ranking.")
 @click.option("--predictions", is_flag=True, help="Colour by surprisal; table of each position's top-5 guesses.")
-@click.option("--range", "span", metavar="START:END",
-              help="The characters the terminal views show (from 0, END excluded). Default: all; the "
-                   f"predictions table shows the first {TABLE_ROWS}.")
+@click.option(
+    "--range",
+    "span",
+    metavar="START:END",
+    help="The characters the terminal views show (from 0, END excluded). Default: all; the "
+    f"predictions table shows the first {TABLE_ROWS}.",
+)
 @click.option("--gates", is_flag=True, help="How often each gate is saturated (< 0.1 or > 0.9), per layer.")
-@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write one self-contained HTML page with the coloured text, hover guesses and a unit selector.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print per-character activations and predictions as JSON instead.")
-@click.option("--max-chars", type=click.IntRange(min=1), default=20000, show_default=True,
-              help="Use at most this many characters of the text.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write one self-contained HTML page with the coloured text, hover guesses and a unit selector.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print per-character activations and predictions as JSON instead."
+)
+@click.option(
+    "--max-chars",
+    type=click.IntRange(min=1),
+    default=20000,
+    show_default=True,
+    help="Use at most this many characters of the text.",
+)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperature, layer, units, deprecated_units,
-              what, feature, top, predictions, span, gates, html_path, as_json, max_chars, device):
+def visualize(
+    checkpoint: Path,
+    text_path,
+    string,
+    sample_length,
+    seed,
+    temperature,
+    layer,
+    units,
+    deprecated_units,
+    what,
+    feature,
+    top,
+    predictions,
+    span,
+    gates,
+    html_path,
+    as_json,
+    max_chars,
+    device,
+):
     """See what CHECKPOINT (default: out/best.pt) has learned: per-character unit activations,
     predictions and surprise, and a hunt for units that track a feature of the text.
 
@@ -121,12 +187,27 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
         of = f"{len(text):,} characters" if length_known else "a longer text"
         err.print(f"[dim]using the first {n_chars:,} of {of}; raise --max-chars to see more")
     with _progress(err, n_chars) as progress:
-        rec = record(model, vocab, text, what=what, units=units, layer=layer, find=feature, top=top, gates=gates,
-                     max_chars=max_chars, source=source, checkpoint=str(checkpoint), progress=progress)
+        rec = record(
+            model,
+            vocab,
+            text,
+            what=what,
+            units=units,
+            layer=layer,
+            find=feature,
+            top=top,
+            gates=gates,
+            max_chars=max_chars,
+            source=source,
+            checkpoint=str(checkpoint),
+            progress=progress,
+        )
     if not length_known:
         rec = dataclasses.replace(rec, source_n_chars=None)
-    err.print(f"[dim]{source}: {n_chars:,} characters, {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size}"
-              + (f"; {rec.mean_bits:.3f} bits/char" if n_chars > 1 else ""))
+    err.print(
+        f"[dim]{source}: {n_chars:,} characters, {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size}"
+        + (f"; {rec.mean_bits:.3f} bits/char" if n_chars > 1 else "")
+    )
 
     # 4. Output.
     if as_json:
@@ -155,8 +236,11 @@ def visualize(checkpoint: Path, text_path, string, sample_length, seed, temperat
 
 def _read_source(text_path, string, sample_length, model, vocab, seed, temperature, max_chars) -> tuple[str, str]:
     """The text and what to call it; a --text only to max_chars + 1 characters (enough to tell it was cut)."""
-    given = [name for name, value in (("--text", text_path), ("--string", string), ("--sample", sample_length))
-             if value is not None]
+    given = [
+        name
+        for name, value in (("--text", text_path), ("--string", string), ("--sample", sample_length))
+        if value is not None
+    ]
     if len(given) != 1:
         what = "none" if not given else " and ".join(given)
         raise UserError(f"pass exactly one of --text FILE, --string TEXT or --sample N (got {what})")
@@ -268,8 +352,11 @@ def _show_unit(out: Console, rec: Recording, trace: Trace, start: int, end: int,
 def _show_ranking(out: Console, rec: Recording, start: int, end: int) -> None:
     text, feature, values = rec.text, rec.feature, rec.feature_values
     w0, w1 = feature_window(values, PREVIEW_WIDTH)
-    table = Table(title=f"units that track {feature} ({viz.describe_quantity(rec.what)}, Pearson r over "
-                        f"{len(text):,} characters)", title_justify="left")
+    table = Table(
+        title=f"units that track {feature} ({viz.describe_quantity(rec.what)}, Pearson r over "
+        f"{len(text):,} characters)",
+        title_justify="left",
+    )
     for name in ("#", "layer", "unit", "r"):
         table.add_column(name, justify="right")
     table.add_column(f"preview (characters {w0}..{w1 - 1})", no_wrap=True)
@@ -315,14 +402,30 @@ def _show_predictions(out: Console, rec: Recording, start: int, end: int, explic
 
 
 def _show_gates(out: Console, stats: list[viz.GateSaturation]) -> None:
-    table = Table(title="gate saturation: fraction of characters with the gate < 0.1 (left) or > 0.9 (right)",
-                  title_justify="left")
-    for name in ("layer", "gate", "left, mean", "right, mean", "units mostly left", "units mostly right",
-                 "units never saturated"):
+    table = Table(
+        title="gate saturation: fraction of characters with the gate < 0.1 (left) or > 0.9 (right)",
+        title_justify="left",
+    )
+    for name in (
+        "layer",
+        "gate",
+        "left, mean",
+        "right, mean",
+        "units mostly left",
+        "units mostly right",
+        "units never saturated",
+    ):
         table.add_column(name, justify="right")
     for g in stats:
         never = int(((g.left + g.right) < 0.05).sum())
-        table.add_row(str(g.layer + 1), g.gate, f"{g.left.mean():.1%}", f"{g.right.mean():.1%}",
-                      str(int((g.left > 0.5).sum())), str(int((g.right > 0.5).sum())), str(never))
+        table.add_row(
+            str(g.layer + 1),
+            g.gate,
+            f"{g.left.mean():.1%}",
+            f"{g.right.mean():.1%}",
+            str(int((g.left > 0.5).sum())),
+            str(int((g.right > 0.5).sum())),
+            str(never),
+        )
     out.print(table)
     out.print(Text("mostly = more than half of the time; never saturated = under 5% of the time", style="dim"))

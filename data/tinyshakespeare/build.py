@@ -80,7 +80,7 @@ def clean_play(name, raw):
     # Gutenberg header/footer, if present.
     for i, line in enumerate(lines):
         if PG_START.search(line):
-            lines = lines[i + 1:]
+            lines = lines[i + 1 :]
             break
     for i, line in enumerate(lines):
         if PG_END.search(line):
@@ -90,7 +90,7 @@ def clean_play(name, raw):
     # Front matter.
     start = next((i for i, line in enumerate(lines) if BODY_START.match(line)), None)
     if start is None:
-        raise BuildError("{}: no ACT/PROLOGUE/INDUCTION line found".format(name))
+        raise BuildError(f"{name}: no ACT/PROLOGUE/INDUCTION line found")
     lines = lines[start:]
 
     # Trailing blank lines and "THE END"/"FINIS".
@@ -100,7 +100,7 @@ def clean_play(name, raw):
     body = "\n".join(lines)
     body = re.sub(r"\n{3,}", "\n\n", body).strip("\n") + "\n"
     if re.search(r"gutenberg|\*\*\*", body, re.I):
-        raise BuildError("{}: Project Gutenberg boilerplate left in text".format(name))
+        raise BuildError(f"{name}: Project Gutenberg boilerplate left in text")
     return body
 
 
@@ -108,11 +108,7 @@ def build(sdist_path):
     """Return (text, [(play, n_chars), ...]) built from the sdist."""
     digest = sha256_file(sdist_path)
     if digest != SDIST_SHA256:
-        raise BuildError(
-            "sha256 mismatch for {}:\n  expected {}\n  got      {}".format(
-                sdist_path, SDIST_SHA256, digest
-            )
-        )
+        raise BuildError(f"sha256 mismatch for {sdist_path}:\n  expected {SDIST_SHA256}\n  got      {digest}")
     parts = []
     with tarfile.open(sdist_path, "r:gz") as tar:
         for name in PLAYS:
@@ -122,7 +118,7 @@ def build(sdist_path):
             except KeyError:
                 f = None
             if f is None:
-                raise BuildError("{} not found in {}".format(member, sdist_path))
+                raise BuildError(f"{member} not found in {sdist_path}")
             parts.append((name, clean_play(name, f.read())))
     text = "\n".join(body for _, body in parts)  # one blank line between plays
     return text, [(name, len(body)) for name, body in parts]
@@ -133,14 +129,10 @@ def summary(text, data, per_play):
     lines = [
         "plays ({}): {}".format(len(per_play), ", ".join(n for n, _ in per_play)),
     ]
-    lines += ["  {:<22s}{:>9,d} chars".format(n, c) for n, c in per_play]
+    lines += [f"  {n:<22s}{c:>9,d} chars" for n, c in per_play]
     lines += [
-        "characters: {:,d}  bytes: {:,d}  lines: {:,d}".format(
-            len(text), len(data), text.count("\n")
-        ),
-        "distinct characters: {}  non-ASCII characters: {}".format(
-            len(set(text)), non_ascii
-        ),
+        "characters: {:,d}  bytes: {:,d}  lines: {:,d}".format(len(text), len(data), text.count("\n")),
+        f"distinct characters: {len(set(text))}  non-ASCII characters: {non_ascii}",
         "md5:    " + hashlib.md5(data).hexdigest(),
         "sha256: " + hashlib.sha256(data).hexdigest(),
     ]
@@ -165,8 +157,8 @@ def main(argv=None):
 
     if not os.path.isfile(args.sdist):
         print(
-            "error: {} not found. Download it (do not install it) with:\n  {}\n"
-            "and pass its path as the first argument.".format(args.sdist, PIP_CMD),
+            f"error: {args.sdist} not found. Download it (do not install it) with:\n  {PIP_CMD}\n"
+            "and pass its path as the first argument.",
             file=sys.stderr,
         )
         return 2
@@ -174,7 +166,7 @@ def main(argv=None):
     try:
         text, per_play = build(args.sdist)
     except BuildError as e:
-        print("error: {}".format(e), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     data = text.encode("utf-8")
     print(summary(text, data, per_play), file=sys.stderr)
@@ -184,23 +176,23 @@ def main(argv=None):
             with open(args.out, "rb") as f:
                 old = f.read()
         except OSError as e:
-            print("check FAILED: cannot read {}: {}".format(args.out, e), file=sys.stderr)
+            print(f"check FAILED: cannot read {args.out}: {e}", file=sys.stderr)
             return 1
         if old == data:
-            print("check OK: {} is identical".format(args.out), file=sys.stderr)
+            print(f"check OK: {args.out} is identical", file=sys.stderr)
             return 0
         n = min(len(old), len(data))
         first = next((i for i in range(n) if old[i] != data[i]), n)
         print(
-            "check FAILED: {} differs (existing {:,d} bytes, rebuilt {:,d} bytes, "
-            "first difference at byte {:,d})".format(args.out, len(old), len(data), first),
+            f"check FAILED: {args.out} differs (existing {len(old):,d} bytes, rebuilt {len(data):,d} bytes, "
+            f"first difference at byte {first:,d})",
             file=sys.stderr,
         )
         return 1
 
     with open(args.out, "wb") as f:
         f.write(data)
-    print("wrote {}".format(args.out), file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
