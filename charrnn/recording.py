@@ -181,7 +181,12 @@ def to_json(rec: Recording) -> dict:
         "text": rec.text,
         "what": rec.what,
         "units": units,
-        "predictions": {"prob": _rounded(preds.prob, 5), "bits": _rounded(preds.bits, 3), "top": top},
+        "predictions": {
+            "prob": _rounded(preds.prob, 5),
+            "surprisal_bits": _rounded(preds.bits, 3),
+            "bits": _rounded(preds.bits, 3),  # deprecated (1.0): surprisal_bits
+            "top": top,
+        },
     }
     if rec.feature:
         result["find"] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -25,28 +26,26 @@ def validate(command: str, output: str) -> dict:
     return data
 
 
-def keys(schema: dict) -> set[str]:
-    """Every property name in a schema, nested ones included."""
-    found = set()
+def properties(schema: dict):
+    """Every (name, subschema) in a schema, nested ones included."""
     for name, sub in schema.get("properties", {}).items():
-        found.add(name)
+        yield name, sub
         if isinstance(sub, dict):
-            found |= keys(sub)
+            yield from properties(sub)
             if isinstance(sub.get("items"), dict):
-                found |= keys(sub["items"])
-    return found
+                yield from properties(sub["items"])
 
 
 def test_every_schema_is_valid_and_speaks_the_vocabulary():
     found = schemas()
-    assert {"train", "sample", "eval"} <= set(found)
+    assert set(found) == {"train", "sample", "eval", "inspect", "visualize"}
     for name, schema in found.items():
         jsonschema.Draft202012Validator.check_schema(schema)
-        for key in keys(schema):
-            deprecated = "deprecated" in json.dumps(schema["properties"].get(key, {}))
-            if deprecated:
+        for key, sub in properties(schema):
+            if "deprecated" in str(sub.get("description", "")):
                 continue
-            assert not re.search(r"(_loss|_bpc|_per_char|seconds)$", key), f"{name}: {key} breaks the vocabulary"
+            old = re.search(r"(_loss|_bpc|_per_char|seconds)$", key) or key in ("chars_seen", "elapsed", "size")
+            assert not old, f"{name}: {key} breaks the vocabulary"
 
 
 def test_train_json(trained_run):
@@ -72,3 +71,43 @@ def test_eval_json(runner, trained_run, corpus_file):
     assert result.exit_code == 0, result.stderr
     data = validate("eval", result.stdout)
     assert data["loss_bits"] == pytest.approx(data["loss_nats"] / 0.6931471805599453)
+
+
+def test_inspect_json(runner, trained_run):
+    out, _ = trained_run
+    result = runner.invoke(cli, ["inspect", str(out / "best.pt"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = validate("inspect", result.stdout)
+    assert data["history"]["val_nats"][-1] == pytest.approx(data["loss"]["best_val_nats"]) or (
+        min(data["history"]["val_nats"]) == pytest.approx(data["loss"]["best_val_nats"])
+    )
+    assert data["vocab"]["n_chars"] == len(data["vocab"]["chars"]) == data["model"]["vocab_size"]
+
+
+def test_visualize_json(runner, trained_run):
+    out, _ = trained_run
+    text = "KING:\nthe cat sees the mat.\nQUEEN:\na dog loves a crown.\n"
+    result = runner.invoke(
+        cli,
+        [
+            "visualize",
+            str(out / "best.pt"),
+            "--string",
+            text,
+            "--unit",
+            "3",
+            "--find",
+            "line-position",
+            "--top",
+            "2",
+            "--gates",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    data = validate("visualize", result.stdout)
+    assert data["n_chars"] == len(text) == len(data["units"][0]["values"])
+    bits, prob = data["predictions"]["surprisal_bits"], data["predictions"]["prob"]
+    assert bits[0] is None and bits[5] == pytest.approx(-math.log2(prob[5]), abs=2e-3)

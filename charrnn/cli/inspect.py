@@ -27,6 +27,20 @@ def sparkline(values: list[float], width: int = 60) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in values)
 
 
+# Checkpoint keys (docs/checkpoint-format.md) -> their names in JSON (docs/json.md). The checkpoint's
+# own names are written too, deprecated, until charrnn 1.2.
+CORPUS_KEYS = {"chars": "n_chars"}
+PROGRESS_KEYS = {"elapsed": "elapsed_s", "chars_seen": "n_chars_seen"}
+HISTORY_KEYS = {"train_loss": "train_nats", "val_loss": "val_nats", "elapsed": "elapsed_s"}
+
+
+def _renamed(record: dict, names: dict[str, str]) -> dict:
+    """``record`` with each key of ``names`` also under its JSON name (the JSON name first)."""
+    out = {names[k]: v for k, v in record.items() if k in names}
+    out.update(record)
+    return out
+
+
 def describe(ckpt: ckpt_io.Checkpoint) -> dict:
     """Everything ``inspect`` shows, as plain JSON-ready data."""
     cfg = ckpt.model_config
@@ -38,20 +52,21 @@ def describe(ckpt: ckpt_io.Checkpoint) -> dict:
         "written_by": {"charrnn": ckpt.charrnn_version, "torch": ckpt.torch_version, "created": ckpt.created},
         "model": {**cfg.to_dict(), "parameters": params},
         "vocab": {
-            "size": len(ckpt.vocab),
+            "n_chars": len(ckpt.vocab),
+            "size": len(ckpt.vocab),  # deprecated (1.0): n_chars
             "chars": ckpt.vocab.chars,
             "escaped": [escape_char(c) for c in ckpt.vocab.chars],
         },
-        "corpus": ckpt.corpus,
+        "corpus": _renamed(ckpt.corpus, CORPUS_KEYS),
         "train_config": ckpt.train_config,
-        "progress": ckpt.progress,
+        "progress": _renamed(ckpt.progress, PROGRESS_KEYS),
         "loss": {
             "last_train_nats": ckpt.last_train_loss,
             "last_train_bits": bits(ckpt.last_train_loss),
             "best_val_nats": ckpt.best_val_loss,
             "best_val_bits": bits(ckpt.best_val_loss),
         },
-        "history": ckpt.history,
+        "history": _renamed(ckpt.history, HISTORY_KEYS),
         "resumable": ckpt.resume is not None,
     }
 
@@ -104,7 +119,7 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
         _kv_table(
             "vocabulary",
             [
-                ("size", info["vocab"]["size"]),
+                ("size", info["vocab"]["n_chars"]),
                 ("characters", " ".join(info["vocab"]["escaped"])),
             ],
         )
@@ -115,7 +130,7 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
             "corpus",
             [
                 ("name", corpus.get("name")),
-                ("characters", f"{corpus.get('chars', 0):,}"),
+                ("characters", f"{corpus.get('n_chars', 0):,}"),
                 ("sha256", corpus.get("sha256")),
                 ("validation", f"last {corpus.get('val_frac')} of the text"),
             ],
@@ -124,8 +139,8 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
     p, loss = info["progress"], info["loss"]
     rows = [
         ("step / epoch", f"{p.get('step')} / {p.get('epoch')}"),
-        ("training time", format_duration(p.get("elapsed", 0))),
-        ("characters seen", f"{p.get('chars_seen', 0):,}"),
+        ("training time", format_duration(p.get("elapsed_s", 0))),
+        ("characters seen", f"{p.get('n_chars_seen', 0):,}"),
     ]
     if loss["last_train_nats"] is not None:
         rows.append(
@@ -133,7 +148,7 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
         )
     if loss["best_val_nats"] is not None:
         rows.append(("best val loss", f"{loss['best_val_nats']:.4f} nats/char = {loss['best_val_bits']:.4f} bits/char"))
-    val = info["history"].get("val_loss", [])
+    val = info["history"].get("val_nats", [])
     if val:
         rows.append(("val loss history", f"{sparkline(val)}  {val[0]:.3f} -> {val[-1]:.3f} ({len(val)} evaluations)"))
     rows.append(("resumable", "yes" if info["resumable"] else "no"))
