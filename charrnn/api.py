@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -144,6 +145,32 @@ class Model:
                     column.append(ch)
         for column in columns:
             yield prime + "".join(column)
+
+    @overload
+    def sample(
+        self,
+        length: int = 1000,
+        *,
+        prime: str = "",
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        argmax: bool = False,
+        seed: int | None = None,
+        num_samples: Literal[1] = 1,
+    ) -> str: ...
+
+    @overload
+    def sample(
+        self,
+        length: int = 1000,
+        *,
+        prime: str = "",
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        argmax: bool = False,
+        seed: int | None = None,
+        num_samples: int,
+    ) -> str | list[str]: ...
 
     def sample(
         self,

@@ -217,10 +217,12 @@ class Run:
         exclude = (out_dir, cache_dir or out_dir)
         separator = run_values["separator"] if "separator" in plan.given or resume is None else None
 
+        continued = source if resume is not None else None
+
         def read():
-            if resume is not None:
+            if continued is not None:
                 return checkpoint_corpus(
-                    source,
+                    continued,
                     text=text,
                     encoding=run_values["encoding"],
                     separator=separator,
@@ -306,7 +308,8 @@ class Run:
             from charrnn.api import load  # the API builds on this module, not the other way round
 
             model = load(result.best_path, device=self.trainer.device)
-            text = model.sample(self.sample_length, temperature=SAMPLE_TEMPERATURE, seed=self.train_config.seed)
+            pieces = model.generate(self.sample_length, temperature=SAMPLE_TEMPERATURE, seed=self.train_config.seed)
+            text = "".join(pieces)
             result = dataclasses.replace(result, sample=text)
         return result
 

@@ -333,7 +333,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     if interrupted:
-        ctx.exit(SIGNAL_EXIT.get(signal_name, 130))
+        ctx.exit(SIGNAL_EXIT.get(signal_name or "", 130))
 
 
 def _summary(result, params: int) -> dict:
