@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from charrnn.errors import OutputError
+from charrnn.errors import OutputError, option
 
 
 def replace_atomic(path: Path, payload) -> None:
@@ -55,5 +55,5 @@ def check_writable(out_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(
-            f"cannot write to --out-dir {out_dir} ({exc.strerror or exc}); choose a writable folder"
+            f"cannot write to {option('out_dir')} {out_dir} ({exc.strerror or exc}); choose a writable folder"
         ) from None

@@ -234,7 +234,7 @@ def test_val_frac_too_small_for_text(tmp_path):
 def test_unwritable_out_dir_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="--out-dir"):
+    with pytest.raises(OutputError, match=r"cannot write to out_dir .*choose a writable folder"):
         check_writable(blocker / "sub")
 
 
