@@ -289,3 +289,15 @@ def test_evaluate_refuses_a_changed_text(tmp_path, corpus_file):
 def test_train_returns_the_closing_sample(tmp_path, corpus_file):
     result = charrnn.train(corpus_file, out_dir=tmp_path, max_steps=3, **{**TINY, "sample_length": 25})
     assert isinstance(result.sample, str) and len(result.sample) == 25
+
+
+def test_train_restores_the_callers_signal_handler(tmp_path, corpus_file):
+    def mine(signum, frame):  # pragma: no cover - never called
+        pass
+
+    before = signal.signal(signal.SIGINT, mine)
+    try:
+        charrnn.train(corpus_file, out_dir=tmp_path, max_steps=2, **TINY)
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, before)
