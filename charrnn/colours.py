@@ -35,7 +35,8 @@ def colour(kind: str, s: float) -> tuple[int, int, int]:
     for (x0, c0), (x1, c1) in zip(anchors, anchors[1:]):
         if s <= x1:
             w = (s - x0) / (x1 - x0)
-            return tuple(int(round(a + (b - a) * w)) for a, b in zip(c0, c1))
+            red, green, blue = (int(round(a + (b - a) * w)) for a, b in zip(c0, c1))
+            return red, green, blue
     return anchors[-1][1]
 
 

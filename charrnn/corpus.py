@@ -238,6 +238,7 @@ def _build(
             discard(data_file)
         raise DataError(f"{sources.name}: files changed while the corpus was being encoded; run again")
     if cache is not None:
+        assert data_file is not None, "cache.store wrote the ids to a file"
         cache.commit(
             stats,
             n_files=len(found.files),

@@ -133,7 +133,7 @@ class Cache:
             with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
                 header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n_chars,)}
                 np.lib.format.write_array_header_1_0(fh, header)
-                digest = encode(lambda ids: fh.write(memoryview(np.ascontiguousarray(ids, dtype=dtype))))
+                digest = encode(lambda ids: fh.write(np.ascontiguousarray(ids, dtype=dtype).data))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp_name, data_file)

@@ -47,6 +47,7 @@ class _CharSet:
                 return
             found = set(self._decoder.decode(rest)) if text is not None else {chr(b) for b in set(rest)}
         else:
+            assert text is not None, "Reader.pieces decodes every piece it gives no bytes of"
             codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
             found = {chr(c) for c in np.flatnonzero(np.bincount(codes))} if len(codes) else set()
         found -= self.chars
@@ -71,7 +72,11 @@ def survey(sources: Sources, reader: Reader, separator: str) -> Survey:
         chars.start_file()
         n_chars = 0
         for raw, text in reader.pieces(path, name):
-            n_chars += len(raw) if text is None else len(text)
+            if text is None:
+                assert raw is not None, "Reader.pieces gives the bytes of every piece it does not decode"
+                n_chars += len(raw)
+            else:
+                n_chars += len(text)
             chars.add(raw, text)
         if n_chars == 0:
             raise no_text(name)
@@ -133,6 +138,7 @@ class Encoder:
         if self.max_code < 0x10000:  # UTF-16 code units are the code points
             codes = np.frombuffer(text.encode("utf-16-le", errors="surrogatepass"), dtype="<u2")
         else:
+            assert text is not None, "Reader.pieces decodes every piece it gives no bytes of"
             codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
         return self.lut[codes]
 
@@ -145,6 +151,7 @@ def encode(survey: Survey, reader: Reader, separator: str, vocab: Vocab, write: 
     sha = hashlib.sha256()
     for i, (path, expected) in enumerate(survey.files):
         if i:
+            assert sep_ids is not None, "there is a separator whenever there are several files"
             write(sep_ids)
             sha.update(sep_utf8)
         name = str(path)
@@ -158,6 +165,7 @@ def encode(survey: Survey, reader: Reader, separator: str, vocab: Vocab, write: 
                     sha.update(raw)
             else:
                 for _, text in reader.pieces(path, name):
+                    assert text is not None, "Reader.pieces decodes every piece of a file not in UTF-8"
                     ids = encoder.text(text)
                     write(ids)
                     n_chars += len(ids)

@@ -172,9 +172,11 @@ class Linear:
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
     def _numpy(self, x: torch.Tensor) -> torch.Tensor:
+        weight_np = self.weight_np
+        assert weight_np is not None, "the numpy product runs only once the numpy view is prepared"
         xs = x.detach().numpy()
         # One row: a matrix-vector product on the (N, K) rows, the BLAS routine made for it.
-        out = np.dot(self.weight_np, xs[0])[None] if xs.shape[0] == 1 else xs @ self.weight_np.T
+        out = np.dot(weight_np, xs[0])[None] if xs.shape[0] == 1 else xs @ weight_np.T
         out = torch.from_numpy(out)
         return out if self.bias is None else out.add_(self.bias)
 
@@ -210,9 +212,10 @@ class StepModel:
         rnn = model.rnn
         self.activation = torch.tanh if getattr(rnn, "nonlinearity", "tanh") == "tanh" else torch.relu
         emb = model.embedding.weight
-        # Per layer: "table" (V, G*H) for layer 0's input half, else "in" (the input product);
-        # "hh" the hidden product; LSTM/RNN layers > 0 have one "cat" product of [x, h] instead.
-        self.layers: list[dict[str, torch.Tensor | Linear]] = []
+        # ``table`` (V, G*H): layer 0's input half of the gates, one row per character. Per layer, its
+        # products: "in" the input product (GRU layers > 0), "hh" the hidden product; LSTM/RNN layers > 0
+        # have one "cat" product of [x, h] instead.
+        self.layers: list[dict[str, Linear]] = []
         for layer in range(cfg.num_layers):
             w_ih = getattr(rnn, f"weight_ih_l{layer}")
             w_hh = getattr(rnn, f"weight_hh_l{layer}")
@@ -222,27 +225,28 @@ class StepModel:
                 # Input and hidden halves stay separate (see module docstring).
                 entry = {"hh": Linear(w_hh, b_hh, backend)}
                 if layer == 0:
-                    entry["table"] = torch.addmm(b_ih, emb, w_ih.t())  # (V, 3H)
+                    self.table = torch.addmm(b_ih, emb, w_ih.t())  # (V, 3H)
                 else:
                     entry["in"] = Linear(w_ih, b_ih, backend)
             elif layer == 0:
-                entry = {"table": torch.addmm(b_ih + b_hh, emb, w_ih.t()), "hh": Linear(w_hh, None, backend)}
+                self.table = torch.addmm(b_ih + b_hh, emb, w_ih.t())
+                entry = {"hh": Linear(w_hh, None, backend)}
             else:
                 entry = {"cat": Linear(torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh, backend)}
             self.layers.append(entry)
         self.head = Linear(model.head.weight, model.head.bias, backend)
         self.device = emb.device
         self.dtype = emb.dtype
-        linears = [self.head] + [v for entry in self.layers for v in entry.values() if isinstance(v, Linear)]
+        linears = [self.head] + [lin for entry in self.layers for lin in entry.values()]
         self.backend = "onednn" if all(lin.backend == "onednn" for lin in linears) else "blas"
         self.numpy_ready = all(lin.numpy_ready for lin in linears)  # numpy's BLAS can run one stream
 
     def weight_bytes_per_step(self, batch_size: int) -> int:
         """Bytes of weights one step reads: every matrix once, one table row per stream."""
-        total = 0
+        total = self.table[0].nbytes * batch_size
         for entry in [{"head": self.head}] + self.layers:
-            for key, value in entry.items():
-                total += value[0].nbytes * batch_size if key == "table" else value.nbytes
+            for lin in entry.values():
+                total += lin.nbytes
         return total
 
     def runner(self, batch_size: int) -> Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]:
@@ -266,13 +270,15 @@ class StepModel:
     ) -> tuple[torch.Tensor, State]:
         """Advance every stream by one character; append each layer's internals if a list is given."""
         hs, cs = [], []
-        x = None
+        # The input of each layer: for layer 0 its input half of the gates, a row of the table per
+        # stream; for the layers above, the h of the layer below.
+        x = self.table.index_select(0, idx)
         for layer, w in enumerate(self.layers):
             h = state[0][layer]
             if self.cell == "lstm":
                 c = state[1][layer]
                 if layer == 0:
-                    gates = w["hh"](h, add=w["table"].index_select(0, idx))  # (B, 4H)
+                    gates = w["hh"](h, add=x)  # (B, 4H)
                 else:
                     gates = w["cat"](torch.cat([x, h], dim=1))
                 # One sigmoid over all four gates (the g slice of it goes unused; g takes its tanh):
@@ -287,7 +293,7 @@ class StepModel:
                 if internals is not None:
                     internals.append(LayerInternals(h, c, {"input": i, "forget": f, "g": g, "output": o}))
             elif self.cell == "gru":
-                gi = w["table"].index_select(0, idx) if layer == 0 else w["in"](x)
+                gi = x if layer == 0 else w["in"](x)
                 gh = w["hh"](h)
                 i_r, i_z, i_n = gi.chunk(3, dim=1)
                 h_r, h_z, h_n = gh.chunk(3, dim=1)
@@ -299,7 +305,7 @@ class StepModel:
                     internals.append(LayerInternals(h, None, {"reset": r, "update": z, "candidate": n}))
             else:
                 if layer == 0:
-                    pre = w["hh"](h, add=w["table"].index_select(0, idx))
+                    pre = w["hh"](h, add=x)
                 else:
                     pre = w["cat"](torch.cat([x, h], dim=1))
                 h = self.activation(pre)

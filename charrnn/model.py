@@ -73,7 +73,7 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     against the real state dict for every cell.
     """
     gates = GATES[config.cell] * config.hidden_size
-    shapes = {"embedding.weight": (config.vocab_size, config.embedding_size)}
+    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (config.vocab_size, config.embedding_size)}
     for layer in range(config.num_layers):
         inputs = config.embedding_size if layer == 0 else config.hidden_size
         shapes[f"rnn.weight_ih_l{layer}"] = (gates, inputs)

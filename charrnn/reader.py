@@ -222,7 +222,11 @@ def read_joined(sources: Sources, reader: Reader, separator: str, max_chars: int
         n_chars = 0
         with contextlib.closing(reader.pieces(path, name)) as stream:
             for raw, text in stream:
-                piece = raw.decode("ascii") if text is None else text
+                if text is None:
+                    assert raw is not None, "Reader.pieces gives the bytes of every piece it does not decode"
+                    piece = raw.decode("ascii")
+                else:
+                    piece = text
                 pieces.append(piece)
                 n_chars += len(piece)
                 if max_chars is not None and total + n_chars >= max_chars:

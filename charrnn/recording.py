@@ -32,6 +32,13 @@ class Trace:
     r: float | None = None
 
 
+@dataclass(frozen=True)
+class FoundTrace(Trace):
+    """A unit found to track the feature: a Trace whose ``r`` (Pearson, with the feature) is always there."""
+
+    r: float
+
+
 @dataclass
 class Recording:
     """What one run over a text recorded: all that the views, the JSON and the page show."""
@@ -44,7 +51,7 @@ class Recording:
     vocab: Vocab
     what: str  # the quantity recorded: "c" (shown as tanh(c)), "h" or "gate:NAME"
     units: list[Trace]  # the asked-for units, in the order given
-    found: list[Trace]  # the units that track ``feature`` best, strongest |r| first
+    found: list[FoundTrace]  # the units that track ``feature`` best, strongest |r| first
     predictions: viz.Predictions
     feature: str | None = None
     feature_values: np.ndarray | None = None  # (N,)
@@ -116,12 +123,13 @@ def record(
     unit_probe = viz.UnitProbe(unit_layer, what, units) if units else None
     prediction_probe = viz.PredictionProbe(k=5)
     search_layers = [chosen] if chosen is not None else list(range(cfg.num_layers))
-    corr_probe = viz.CorrelationProbe(values, what, search_layers, cfg.hidden_size) if find else None
+    corr_probe = viz.CorrelationProbe(values, what, search_layers, cfg.hidden_size) if values is not None else None
     probes = [p for p in (unit_probe, prediction_probe, corr_probe, gate_probe) if p is not None]
     viz.run(model, ids, probes, progress=progress)
-    found = []
+    found: list[FoundTrace] = []
     if corr_probe is not None:
         found = _record_found(model, ids, what, viz.rank_units(corr_probe.r, search_layers, top), progress)
+    asked = [] if unit_probe is None else [Trace(unit_layer, u, unit_probe.values[:, i]) for i, u in enumerate(units)]
     return Recording(
         text,
         source,
@@ -130,7 +138,7 @@ def record(
         cfg,
         vocab,
         what,
-        units=[Trace(unit_layer, u, unit_probe.values[:, i]) for i, u in enumerate(units)],
+        units=asked,
         found=found,
         predictions=prediction_probe.result,
         feature=find,
@@ -139,14 +147,16 @@ def record(
     )
 
 
-def _record_found(model, ids, what, ranking: list[viz.UnitScore], progress) -> list[Trace]:
+def _record_found(model, ids, what, ranking: list[viz.UnitScore], progress) -> list[FoundTrace]:
     """The second pass: per-character values of the ranked units only, in ranking order."""
     by_layer: dict[int, list[int]] = {}
     for score in ranking:
         by_layer.setdefault(score.layer, []).append(score.unit)
     probes = {layer: viz.UnitProbe(layer, what, units) for layer, units in by_layer.items()}
     viz.run(model, ids, probes.values(), progress=progress)
-    return [Trace(s.layer, s.unit, probes[s.layer].values[:, by_layer[s.layer].index(s.unit)], s.r) for s in ranking]
+    return [
+        FoundTrace(s.layer, s.unit, probes[s.layer].values[:, by_layer[s.layer].index(s.unit)], s.r) for s in ranking
+    ]
 
 
 # -- JSON and HTML -----------------------------------------------------------------------------
@@ -214,6 +224,8 @@ def to_html(rec: Recording) -> str:
     views = [view(t) for t in rec.units]
     find = None
     if rec.found:
+        if rec.feature is None or rec.feature_values is None:
+            raise ValueError("a Recording with found units needs the feature they were found for and its values")
         rows = [(viz.UnitScore(t.layer, t.unit, t.r), len(views) + i) for i, t in enumerate(rec.found)]
         views += [view(t, f", r = {t.r:+.3f} with {rec.feature}") for t in rec.found]
         fmin, fmax = float(rec.feature_values.min()), float(rec.feature_values.max())

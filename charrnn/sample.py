@@ -60,7 +60,7 @@ class Draw:
         if self.top_k is not None:
             kth = torch.topk(scaled, self.top_k, dim=1).values[:, -1:]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        if self.used == self.block_steps:
+        if self.noise is None or self.used == self.block_steps:  # None: before the first block
             self.noise, self.used = self.gumbel_block(logits.device, logits.dtype), 0
         noise = self.noise[self.used]
         self.used += 1

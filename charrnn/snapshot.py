@@ -135,9 +135,10 @@ def restore(
         scaler.load_state_dict(resume["scaler"])
 
     # 1. RNG: this process's own when the process count is the same, else a fresh stream per process.
-    per_rank = resume.get("ranks")
-    exact = isinstance(per_rank, list) and len(per_rank) == world_size
-    rng = per_rank[rank]["rng"] if exact else resume.get("rng", {})
+    ranks = resume.get("ranks")
+    per_rank = ranks if isinstance(ranks, list) and len(ranks) == world_size else None
+    exact = per_rank is not None
+    rng = per_rank[rank]["rng"] if per_rank is not None else resume.get("rng", {})
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and device.type == "cuda":
@@ -146,7 +147,7 @@ def restore(
         torch.manual_seed(train_config.seed + rank + 7919 * state.step)
 
     # 2. Carried state and data position: kept if the layout is the one that saved them.
-    saved = per_rank[rank]["state"] if exact else resume.get("state")
+    saved = per_rank[rank]["state"] if per_rank is not None else resume.get("state")
     same_layout = resume.get("world_size", 1) == world_size
     carried = None
     if saved and same_layout and saved[0].shape[1] == train_config.batch_size:

@@ -151,7 +151,10 @@ class Budget:
     def total(self) -> float:
         """What a progress bar counts to: total_steps, or max_time seconds for a budget of time alone."""
         total = self.total_steps
-        return float(self.max_time) if total is None else float(total)
+        if total is not None:
+            return float(total)
+        assert self.max_time is not None, "__post_init__ refuses a budget of neither steps, epochs nor time"
+        return float(self.max_time)
 
     def position(self, step: int, elapsed: float) -> float:
         """Where a progress bar stands, in ``unit``: the step, or the seconds elapsed."""

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -129,7 +130,9 @@ class Trainer:
         self.session.seed_per_rank(cfg.seed)
         self.forward_model = self.session.wrap(self.model)
         if cfg.compile:
-            self.forward_model = torch.compile(self.forward_model)
+            # torch.compile types its result as the callable it was given; for a Module it is an
+            # OptimizedModule, itself a Module (``train()`` below needs one).
+            self.forward_model = cast(torch.nn.Module, torch.compile(self.forward_model))
 
         # 3. Progress, either fresh or restored from a checkpoint.
         self.state, carried = TrainState(), None

@@ -113,6 +113,17 @@ def encode_text(vocab: Vocab, text: str, source: str) -> np.ndarray:
 # -- running the model -------------------------------------------------------------------------
 
 
+def _recorded(internals: LayerInternals, what: str) -> torch.Tensor:
+    """One step's ``what`` ('h', 'c', 'gate:NAME') of one layer; ValueError if the cell has no such
+    quantity (``check_quantity`` keeps that from happening)."""
+    if what == "h":
+        return internals.h
+    found = internals.c if what == "c" else None if internals.gates is None else internals.gates[what[5:]]
+    if found is None:
+        raise ValueError(f"this cell records no {what!r}; check_quantity lists what it records")
+    return found
+
+
 class Chunk:
     """A stretch of the text after the model read it: ``ids`` (T,) starting at ``start``, the
     ``logits`` (T, V) output after each character, and each step's per-layer internals."""
@@ -128,12 +139,7 @@ class Chunk:
         """(T, H) float32 values of ``what`` ('h', 'c' -> tanh(c), 'gate:NAME') in ``layer`` (from 0)."""
         key = (layer, what)
         if key not in self._cache:
-            if what == "h":
-                rows = [step[layer].h for step in self._steps]
-            elif what == "c":
-                rows = [step[layer].c for step in self._steps]
-            else:
-                rows = [step[layer].gates[what[5:]] for step in self._steps]
+            rows = [_recorded(step[layer], what) for step in self._steps]
             values = torch.cat(rows).float()  # each row is (1, H)
             self._cache[key] = values.tanh() if what == "c" else values
         return self._cache[key]
@@ -217,7 +223,9 @@ class PredictionProbe:
     def __init__(self, k: int = 5):
         self.k = k
         self._pending: torch.Tensor | None = None  # the logits after the previous chunk's last character
-        self._prob, self._ids, self._probs = [], [], []
+        self._prob: list[np.ndarray] = []  # per chunk: (T,) probabilities of the characters read
+        self._ids: list[np.ndarray] = []  # (T, k) the top-k guesses
+        self._probs: list[np.ndarray] = []  # (T, k) their probabilities
 
     def update(self, chunk: Chunk) -> None:
         logits, ids = chunk.logits, torch.as_tensor(chunk.ids, device=chunk.logits.device)

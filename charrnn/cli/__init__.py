@@ -67,6 +67,7 @@ def _utf8_streams() -> None:
 def main() -> None:
     """Console-script entry point."""
     _utf8_streams()
+    code: str | int | None  # what sys.exit takes
     try:
         code = cli.main(prog_name="charrnn", standalone_mode=True)
     except SystemExit as exc:

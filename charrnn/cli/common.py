@@ -18,7 +18,9 @@ class UserError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code a ClassVar (one code per exception class) but reads it from the
+        # instance; a library error carries its own code, so it is set per instance.
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 class CharRNNGroup(click.Group):

@@ -43,11 +43,12 @@ def _command_line(ctx: click.Context, leave_out: tuple[str, ...]) -> list[str]:
         if param.name in leave_out or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
             continue
         value = ctx.params[param.name]
+        flag = isinstance(param, click.Option) and param.is_flag
         if isinstance(param, click.Argument):
             args.insert(0, str(value))
-        elif param.is_flag and param.secondary_opts:
+        elif flag and param.secondary_opts:
             args.append(param.opts[0] if value else param.secondary_opts[0])
-        elif param.is_flag:
+        elif flag:
             if value:
                 args.append(param.opts[0])
         else:

@@ -15,9 +15,9 @@ class Progress(Callback):
 
     def __init__(self, console, quiet: bool):
         self.console, self.quiet = console, quiet
-        self.bar = None
-        self._tick = None
-        self._rate = None
+        self.bar: tqdm | None = None
+        self._tick: float | None = None  # when the last step ended (perf_counter seconds)
+        self._rate: float | None = None  # smoothed characters per second
 
     def on_start(self, trainer: Trainer) -> None:
         self.trainer = trainer

@@ -351,6 +351,8 @@ def _show_unit(out: Console, rec: Recording, trace: Trace, start: int, end: int,
 
 def _show_ranking(out: Console, rec: Recording, start: int, end: int) -> None:
     text, feature, values = rec.text, rec.feature, rec.feature_values
+    if feature is None or values is None:
+        raise ValueError("a ranking needs a Recording with the feature its units were found for")
     w0, w1 = feature_window(values, PREVIEW_WIDTH)
     table = Table(
         title=f"units that track {feature} ({viz.describe_quantity(rec.what)}, Pearson r over "
@@ -386,7 +388,7 @@ def _show_predictions(out: Console, rec: Recording, start: int, end: int, explic
     table.add_column("top-5 guesses (before reading the character)")
     palette = _Palette("sequential")
     for t in range(start, rows_end):
-        char = Text(escape_char(text[t]), style=palette.style(positions[t]))
+        char = Text(escape_char(text[t]), style=palette.style(positions[t]) or "")  # "": Text's own default
         if np.isnan(preds.prob[t]):
             table.add_row(str(t), char, "", "", Text("(first character: no prediction)", style="dim"))
             continue
