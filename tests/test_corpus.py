@@ -21,16 +21,10 @@ from charrnn.errors import ConfigError, DataError, cli_names
 from charrnn.loss import eval_subset, evaluate
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.trainer import TrainConfig, Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, Recorder, make_text
+from conftest import TINY_MODEL, TINY_TRAIN, Recorder, make_text, write
 
 # 1-, 2-, 3- and 4-byte UTF-8 characters, CRLF, and a character that is its own escape.
 MIXED = "plain ascii\r\nçà et là — “quoted” 日本語 😀🎭 \\ end\n"
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
-    return path
 
 
 @pytest.fixture

@@ -18,12 +18,7 @@ from charrnn.corpus import load_corpus
 from charrnn.corpus_cache import CACHEDIR_TAG, Cache, stat_files
 from charrnn.data import Vocab
 from charrnn.errors import DataError, OutputError
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
-    return path
+from conftest import write
 
 
 @pytest.fixture
