@@ -92,6 +92,7 @@ def test_a_damaged_manifest_is_refused(tmp_path, damage):
     assert cache.lookup(stats, None) is None
 
 
+@pytest.mark.slow  # a python -O subprocess
 def test_a_damaged_vocabulary_is_refused_under_python_O_too(tmp_path):
     """No assert does the refusing: run where asserts are stripped."""
     script = textwrap.dedent("""

@@ -57,6 +57,7 @@ def train_until(path: Path, *args: str, timeout: float = 60) -> subprocess.Popen
     return proc
 
 
+@pytest.mark.slow  # a child process trains to its first checkpoint
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_finishes_step_saves_last_and_exits_with_documented_code(tmp_path, corpus_file, sig, code):
     out = tmp_path / "run"
@@ -75,6 +76,7 @@ def test_signal_finishes_step_saves_last_and_exits_with_documented_code(tmp_path
     assert stdout == ""
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_without_corrupting_files(tmp_path, corpus_file):
     out = tmp_path / "run"
     # A model big enough that the step in flight takes a while after the first signal.
@@ -112,6 +114,7 @@ _LATE_SIGNAL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a child process imports charrnn and torch
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_during_shutdown_leaves_the_commands_exit_code_and_no_traceback(tmp_path, sig):
     """The second Ctrl-C often lands after training has stopped, while the interpreter shuts down."""
@@ -145,6 +148,7 @@ _SAVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # eight child processes, each importing torch
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     target = tmp_path / "last.pt"
     script = tmp_path / "saver.py"
@@ -182,6 +186,7 @@ def _load_bytes(tmp_path: Path, raw: bytes):
     return ckpt_io.load(path)
 
 
+@pytest.mark.slow  # 200 cases
 @settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_byte_flips_never_crash_or_hang(tmp_path, small_checkpoint_bytes, data):
@@ -324,6 +329,7 @@ def test_unwritable_out_dir_is_refused_before_training(runner, corpus_file, tmp_
 UNICODE_LINE = "日本語のテキスト 😀🎉 cafe\u0301 nai\u0308ve\r\n"  # CJK, astral emoji, combining marks, CRLF
 
 
+@pytest.mark.slow  # 150 training steps
 def test_unicode_survives_train_sample_round_trip(runner, tmp_path):
     path = tmp_path / "u.txt"
     path.write_bytes(("\ufeff" + UNICODE_LINE * 400).encode("utf-8"))
