@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn.cli import cli
+from charrnn.threads import torch_threads
 from charrnn.trainer import Callback
 
 SUBJECTS = ["the cat", "a dog", "my king", "the queen", "our lord"]
@@ -33,6 +35,35 @@ def unigram_entropy(text: str) -> float:
     counts = Counter(text)
     n = len(text)
     return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` (UTF-8) or raw bytes to ``path``, making its folders; the path back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def one_line_error(result, code: int, pattern: str) -> None:
+    """A CLI result that is a user mistake: exit ``code``, nothing on stdout, and on stderr one line,
+    ``Error: ...`` matching the regular expression ``pattern``, with no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def usage_error(result, pattern: str) -> None:
+    """click's usage error: exit 2, a usage line and a hint, then one 'Error:' line matching the regular
+    expression ``pattern``; nothing on stdout."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    assert re.search(pattern, errors[0]), errors[0]
+    assert result.stderr.startswith("Usage: ")
 
 
 class Recorder(Callback):
@@ -102,3 +133,11 @@ def trained_run(tmp_path_factory, corpus_file):
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    more threads only add start-up cost to each small product, and stall badly on a busy machine."""
+    with torch_threads(1):
+        yield

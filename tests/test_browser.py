@@ -21,10 +21,13 @@ from charrnn.data import Vocab, escape_char
 from charrnn.model import CharRNN, ModelConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs /usr/bin/chromium: run .ci/browser-deps.sh (or apt-get install chromium) to enable",
-)
+pytestmark = [
+    pytest.mark.slow,  # a Chromium launch per test
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs /usr/bin/chromium: run .ci/browser-deps.sh (or apt-get install chromium) to enable",
+    ),
+]
 
 TEXT = 'if (a < b && c) {\n\tputs("x\'s");\n}\n'
 HOVER = 12  # the character the self-test hovers

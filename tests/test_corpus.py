@@ -18,19 +18,13 @@ from charrnn.corpus import EMBEDDED_NAME, default_corpus_path, describe_skipped,
 from charrnn.corpus_cache import CACHEDIR_TAG
 from charrnn.data import Batches, Corpus, Vocab, split
 from charrnn.errors import ConfigError, DataError, cli_names
-from charrnn.loss import eval_subset, evaluate
+from charrnn.loss import evaluate
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.trainer import TrainConfig, Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, Recorder, make_text
+from conftest import TINY_MODEL, TINY_TRAIN, Recorder, make_text, write
 
 # 1-, 2-, 3- and 4-byte UTF-8 characters, CRLF, and a character that is its own escape.
 MIXED = "plain ascii\r\nçà et là — “quoted” 日本語 😀🎭 \\ end\n"
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
-    return path
 
 
 @pytest.fixture
@@ -276,17 +270,6 @@ def test_memmapped_corpus_trains_and_evaluates_like_one_in_memory(tmp_path):
         ).run()
         runs.append(rec.losses)
     assert len(runs[0]) == 5 and runs[0] == runs[1]
-
-
-def test_eval_subset_is_a_seeded_spread_of_windows():
-    ids = np.arange(1_000_000, dtype=np.uint32)
-    assert eval_subset(ids, None, seed=1) is ids  # under ~2M characters: all of it
-    a, b = eval_subset(ids, 80_000, seed=1), eval_subset(ids, 80_000, seed=1)
-    assert len(a) == 80_000 and np.array_equal(a, b)
-    windows = np.split(a, 8)
-    assert all(np.all(np.diff(w) == 1) for w in windows)  # contiguous inside each window
-    assert [int(w[0]) // 125_000 for w in windows] == list(range(8))  # one in each eighth of the split
-    assert not np.array_equal(a, eval_subset(ids, 80_000, seed=2))
 
 
 # -- through the CLI ---------------------------------------------------------------------------------

@@ -18,12 +18,7 @@ from charrnn.corpus import load_corpus
 from charrnn.corpus_cache import CACHEDIR_TAG, Cache, stat_files
 from charrnn.data import Vocab
 from charrnn.errors import DataError, OutputError
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
-    return path
+from conftest import write
 
 
 @pytest.fixture
@@ -97,6 +92,7 @@ def test_a_damaged_manifest_is_refused(tmp_path, damage):
     assert cache.lookup(stats, None) is None
 
 
+@pytest.mark.slow  # a python -O subprocess
 def test_a_damaged_vocabulary_is_refused_under_python_O_too(tmp_path):
     """No assert does the refusing: run where asserts are stripped."""
     script = textwrap.dedent("""

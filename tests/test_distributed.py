@@ -31,6 +31,7 @@ from conftest import TINY_MODEL, Recorder, make_text
 
 pytestmark = [
     pytest.mark.distributed,
+    pytest.mark.slow,  # spawned processes and the torchrun launcher: seconds each
     pytest.mark.skipif(
         not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
         reason="torch.distributed with gloo is not available",

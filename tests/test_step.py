@@ -21,13 +21,7 @@ VOCAB_SIZE = 11
 SEQ_LEN = 9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: threads only add start-up cost, and stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def build(cell: str, num_layers: int, nonlinearity: str = "tanh", vocab_size: int = VOCAB_SIZE) -> CharRNN:
@@ -251,6 +245,16 @@ def test_generate_argmax_matches_naive_loop(cell, num_samples, prime):
     assert len(set(got[0])) > 1, "greedy text should not be a single repeated character"
 
 
-def test_runner_on_the_cpu_is_the_step_itself():
-    stepper = StepModel(build("lstm", 2))
-    assert stepper.runner(1) == stepper.step and stepper.runner(8) == stepper.step
+@pytest.mark.parametrize("streams", [1, 8])
+def test_runner_on_the_cpu_gives_the_steps_logits_and_state(streams):
+    """What generate() calls for each character: on the CPU the eager step, so the same numbers, step after step."""
+    model = build("lstm", 2)
+    stepper = StepModel(model)
+    run = stepper.runner(streams)
+    idx = torch.randint(0, VOCAB_SIZE, (streams, SEQ_LEN), generator=torch.Generator().manual_seed(11))
+    ran = stepped = random_state(model, streams)
+    for t in range(SEQ_LEN):
+        got, ran = run(idx[:, t], ran)
+        want, stepped = stepper.step(idx[:, t], stepped)
+        assert torch.equal(got, want), f"step {t}"
+        assert all(torch.equal(a, b) for a, b in zip(ran, stepped)), f"state after step {t}"

@@ -53,6 +53,7 @@ def poison_step(monkeypatch):
     return lambda n, factor=float("nan"): plan.__setitem__(n, factor)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_learns_below_unigram_entropy(tmp_path, cell):
     c = corpus()
@@ -181,6 +182,7 @@ def test_on_nan_skip_halves_lr_and_continues(tmp_path, poison_step):
     assert ckpt_io.load(tmp_path / "last.pt").progress["lr_scale"] == 0.5
 
 
+@pytest.mark.slow  # a second of wall clock by design
 def test_max_time_stops(tmp_path):
     c = corpus()
     result = Trainer(model_config(c), train_config(max_time=1.0), c, tmp_path).run()
@@ -255,6 +257,7 @@ def test_reduced_precision_needs_cuda(tmp_path, dtype):
         _small_run(tmp_path, dtype=dtype)
 
 
+@pytest.mark.slow
 def test_compile_gives_the_same_run_and_saves_the_uncompiled_module(tmp_path, monkeypatch):
     eager, _ = _small_run(tmp_path / "eager")
     # aot_eager traces the model with dynamo and AOTAutograd like inductor does, without a C++ build.

@@ -357,6 +357,7 @@ def quote_model():
     return model.eval(), vocab, quote_corpus(3_000, seed=1)
 
 
+@pytest.mark.slow  # its fixture trains a model
 def test_find_ranks_a_quote_tracking_unit_first(quote_model):
     model, vocab, text = quote_model
     ids = viz.encode_text(vocab, text, "held-out")
