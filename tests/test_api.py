@@ -193,6 +193,7 @@ def test_twenty_plus_resumed_twenty_steps_equal_forty(tmp_path, corpus_file):
         assert torch.equal(whole[name], parts[name]), name
 
 
+@pytest.mark.slow
 def test_max_time_takes_a_duration_string(tmp_path, corpus_file):
     result = charrnn.train(corpus_file, out_dir=tmp_path, max_time="1.5s", eval_every=10_000, **TINY)
     assert result.stopped_by == "max_time"
@@ -200,6 +201,7 @@ def test_max_time_takes_a_duration_string(tmp_path, corpus_file):
         charrnn.train(corpus_file, out_dir=tmp_path / "x", max_time="soon", **TINY)
 
 
+@pytest.mark.slow
 def test_should_stop_stops_a_run_in_another_thread(tmp_path, corpus_file):
     stop = threading.Event()
     box = {}
@@ -223,6 +225,7 @@ def test_should_stop_stops_a_run_in_another_thread(tmp_path, corpus_file):
     assert ckpt_io.load(result.last_path).progress["step"] == result.steps
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_last_and_raises_keyboard_interrupt(tmp_path, corpus_file):
     script = tmp_path / "train.py"
     script.write_text(
