@@ -10,7 +10,6 @@ results for the same options and seed; training is ``charrnn.train`` (``charrnn.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,25 +32,16 @@ from charrnn.threads import sampling_threads, torch_threads
 SCORE_CHUNK = 4096  # characters per forward pass when scoring: bounded memory for any text
 
 
-@dataclass(frozen=True)
-class Score:
+@dataclass(frozen=True, eq=False)  # an array field: compare the numbers yourself
+class Score(Loss):
     """How well a model predicts a text: every character after the first, given all before it.
 
-    ``surprisal_bits[t]`` is -log2 p(text[t] | text[:t]) for t >= 1; position 0 has no prediction (NaN).
+    A ``Loss`` (``nats``, ``bits``, ``perplexity`` per character, over ``n_chars = len(text) - 1``
+    predicted characters) with each character's surprisal: ``surprisal_bits[t]`` is
+    -log2 p(text[t] | text[:t]) for t >= 1; position 0 has no prediction (NaN).
     """
 
-    nats: float  # mean over the predicted characters, nats per character
-    n_chars: int  # characters predicted: len(text) - 1
     surprisal_bits: np.ndarray  # (len(text),) float64
-
-    @property
-    def bits(self) -> float:
-        """Bits per character."""
-        return self.nats / LN2
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.nats) if self.nats < 700 else math.inf
 
 
 @dataclass(frozen=True)
@@ -71,7 +61,7 @@ class EvalResult:
 
     @property
     def n_chars(self) -> int:
-        return self.loss.chars
+        return self.loss.n_chars
 
     @property
     def perplexity(self) -> float:

@@ -20,7 +20,7 @@ class StepInfo:
     epoch: int
     loss: float  # nats/char of this batch
     lr: float
-    chars: int  # characters in this step (all ranks)
+    n_chars: int  # characters in this step (all ranks)
     elapsed: float  # seconds of training, this run and earlier ones
     progress: float  # fraction of the budget done, 0..1
 

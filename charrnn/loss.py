@@ -27,10 +27,10 @@ EVAL_WINDOWS = 8
 
 @dataclass(frozen=True)
 class Loss:
-    """Mean cross entropy over ``chars`` predicted characters."""
+    """Mean cross entropy over ``n_chars`` predicted characters."""
 
     nats: float  # nats per character
-    chars: int
+    n_chars: int
 
     @property
     def bits(self) -> float:
@@ -102,4 +102,4 @@ def evaluate(
     finally:
         model.train(was_training)
     chars = len(batches) * streams * seq_len
-    return Loss(nats=float(total) / chars, chars=chars)
+    return Loss(nats=float(total) / chars, n_chars=chars)

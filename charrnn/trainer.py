@@ -229,7 +229,7 @@ class Trainer:
     def evaluate(self) -> Loss:
         """The loss on the validation subset; with several processes rank 0's, on every process (the
         weights are the same everywhere, so the others need not spend the time)."""
-        loss = Loss(nats=0.0, chars=0)
+        loss = Loss(nats=0.0, n_chars=0)
         if self.session.is_main:
             cfg = self.train_config
             loss = evaluate(
@@ -240,8 +240,8 @@ class Trainer:
                 device=self.device,
                 autocast=self.autocast(),
             )
-        nats, chars = self.session.from_main([loss.nats, loss.chars])
-        return Loss(nats=nats, chars=int(chars))
+        nats, chars = self.session.from_main([loss.nats, loss.n_chars])
+        return Loss(nats=nats, n_chars=int(chars))
 
     def _save(self, best: bool) -> None:
         # Every process's RNG and carried state go into rank 0's checkpoint, so that a run resumed on

@@ -68,7 +68,7 @@ def test_evaluate_is_the_mean_of_each_characters_loss(cell, n, batch_size, seq_l
     got = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
     assert model.training, "evaluate() gives the model back in the mode it found it"
     nats, n_chars = naive_loss(model, ids, batch_size, seq_len)
-    assert got.chars == n_chars
+    assert got.n_chars == n_chars
     assert got.nats == pytest.approx(nats, rel=1e-5)
 
 
@@ -76,7 +76,7 @@ def test_evaluate_scores_every_character_when_the_text_is_one_chunk():
     model = build("lstm")
     ids = random_ids(100)
     loss = evaluate(model, ids, batch_size=8, seq_len=256)
-    assert loss.chars == 99  # every character but the first is a target
+    assert loss.n_chars == 99  # every character but the first is a target
 
 
 @pytest.mark.parametrize(
@@ -161,11 +161,11 @@ def test_eval_subset_reads_a_memmap_and_gives_its_characters(tmp_path):
 
 
 def test_loss_units():
-    loss = Loss(nats=1.5 * LN2, chars=10)
+    loss = Loss(nats=1.5 * LN2, n_chars=10)
     assert LN2 == math.log(2)
     assert loss.bits == pytest.approx(1.5)
     assert loss.perplexity == pytest.approx(2**1.5)
-    assert Loss(nats=0.0, chars=1).perplexity == 1.0
-    assert Loss(nats=699.0, chars=1).perplexity == math.exp(699.0)
-    assert Loss(nats=800.0, chars=1).perplexity == math.inf  # past float range: inf, not OverflowError
-    assert Loss(nats=math.inf, chars=1).perplexity == math.inf
+    assert Loss(nats=0.0, n_chars=1).perplexity == 1.0
+    assert Loss(nats=699.0, n_chars=1).perplexity == math.exp(699.0)
+    assert Loss(nats=800.0, n_chars=1).perplexity == math.inf  # past float range: inf, not OverflowError
+    assert Loss(nats=math.inf, n_chars=1).perplexity == math.inf

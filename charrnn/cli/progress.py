@@ -39,7 +39,7 @@ class Progress(Callback):
     def on_step(self, info) -> None:
         now = time.perf_counter()
         if self._tick is not None:
-            rate = info.chars / max(now - self._tick, 1e-9)
+            rate = info.n_chars / max(now - self._tick, 1e-9)
             self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
         self._tick = now
         if self.bar is None:
