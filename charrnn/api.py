@@ -45,27 +45,11 @@ class Score(Loss):
 
 
 @dataclass(frozen=True)
-class EvalResult:
-    """``evaluate``'s answer: the loss, and what it was measured on."""
+class EvalResult(Loss):
+    """``evaluate``'s answer: a ``Loss`` (``nats``, ``bits``, ``perplexity``, ``n_chars``) and what it
+    was measured on."""
 
-    loss: Loss
     text: str  # "validation split of NAME" or the text given
-
-    @property
-    def nats(self) -> float:
-        return self.loss.nats
-
-    @property
-    def bits(self) -> float:
-        return self.loss.bits
-
-    @property
-    def n_chars(self) -> int:
-        return self.loss.n_chars
-
-    @property
-    def perplexity(self) -> float:
-        return self.loss.perplexity
 
 
 class Model:
@@ -189,8 +173,7 @@ class Model:
         """
         if len(text) < 2:
             raise DataError(f"{option('text')} has {len(text)} character(s); scoring needs at least 2")
-        self.vocab.check(text, option("text"))
-        ids = torch.from_numpy(self.vocab.encode(text).astype(np.int64)).to(self.device)
+        ids = torch.from_numpy(self.vocab.encode(text, option("text")).astype(np.int64)).to(self.device)
         surprisal = np.full(len(text), np.nan)
         was_training = self.module.training
         self.module.eval()
@@ -247,4 +230,4 @@ def evaluate(
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{option(name)} must be a whole number of at least 1, got {value!r}")
     loss = mean_loss(model.module, ids, batch_size=batch_size, seq_len=seq_len, device=model.device)
-    return EvalResult(loss=loss, text=what)
+    return EvalResult(nats=loss.nats, n_chars=loss.n_chars, text=what)

@@ -66,3 +66,6 @@ class Callback:
     def on_eval(self, info: EvalInfo) -> None: ...
 
     def on_nan_skip(self, step: int, new_lr_scale: float) -> None: ...
+
+    def on_signal(self, name: str) -> None:
+        """The first SIGINT/SIGTERM arrived (``name``): the run stops after this step and saves last.pt."""

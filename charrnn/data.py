@@ -50,13 +50,14 @@ class Vocab:
                 "remove them (`charrnn inspect CHECKPOINT` lists the vocabulary)"
             )
 
-    def encode(self, text: str) -> np.ndarray:
-        """text -> (len(text),) unsigned integer indices (``index_dtype``); DataError via ``check``."""
+    def encode(self, text: str, where: str = "the text") -> np.ndarray:
+        """text -> (len(text),) unsigned integer indices (``index_dtype``); DataError via ``check``,
+        naming ``where``, for characters outside the vocabulary (looked for only when some are)."""
         codes = _code_points(text)
         table = _code_points(self.chars)
         idx = np.minimum(np.searchsorted(table, codes), max(len(table) - 1, 0))
         if len(codes) and (not len(table) or not np.array_equal(table[idx], codes)):
-            self.check(text, "the text")
+            self.check(text, where)
         return idx.astype(index_dtype(len(self)))
 
     def decode(self, ids) -> str:

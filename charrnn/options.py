@@ -30,24 +30,26 @@ RUN_DEFAULTS: dict[str, Any] = {
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
 
-def parse_duration(value: str | float | int, name: str = "max_time") -> float:
-    """'90', '90s', '10m', '1.5h', '2d', '1h30m' or a number of seconds -> seconds; ConfigError otherwise."""
+def parse_duration(value: str | float | int, name: str | None = "max_time") -> float:
+    """'90', '90s', '10m', '1.5h', '2d', '1h30m' or a number of seconds -> seconds; ConfigError otherwise,
+    naming the option ``name`` (None: the value alone, for a caller that names it itself)."""
+    what = f"{option(name)} {value!r}" if name else repr(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
         parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)", value)
         if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", value):
-            raise ConfigError(f"{option(name)} {value!r} is not a duration; use e.g. 90s, 10m, 1.5h or 1h30m")
+            raise ConfigError(f"{what} is not a duration; use e.g. 90s, 10m, 1.5h or 1h30m")
         seconds = 0.0
         for number, unit in parts:
             unit_key = unit.lower() or None
             if unit_key not in _UNIT_SECONDS:
-                raise ConfigError(f"{option(name)} {value!r}: unknown unit {unit!r}; use s, m, h or d")
+                raise ConfigError(f"{what}: unknown unit {unit!r}; use s, m, h or d")
             seconds += float(number) * _UNIT_SECONDS[unit_key]
     else:
-        raise ConfigError(f"{option(name)} must be a duration such as '10m' or a number of seconds, got {value!r}")
+        raise ConfigError(f"{what} is not a duration; use e.g. '10m' or a number of seconds")
     if not seconds > 0:
-        raise ConfigError(f"{option(name)} {value!r} must be longer than zero")
+        raise ConfigError(f"{what} must be longer than zero")
     return seconds
 
 

@@ -215,8 +215,6 @@ class Run:
         # 3. The text, read once into a memory-mapped cache (or from it); on resume, the same text again.
         cache_dir = None if run_values["no_cache"] else Path(run_values["cache_dir"] or out_dir / "cache")
         exclude = (out_dir, cache_dir or out_dir)
-        separator = run_values["separator"] if "separator" in plan.given or resume is None else None
-
         continued = source if resume is not None else None
 
         def read():
@@ -225,7 +223,8 @@ class Run:
                     continued,
                     text=text,
                     encoding=run_values["encoding"],
-                    separator=separator,
+                    # the checkpoint's own separator unless one is given again
+                    separator=run_values["separator"] if "separator" in plan.given else None,
                     cache_dir=cache_dir,
                     exclude=exclude,
                 )
@@ -267,7 +266,7 @@ class Run:
 
     def callback_on_signal(self, name: str) -> None:
         if self.session.is_main:
-            getattr(self.callback, "on_signal", lambda name: None)(name)
+            self.callback.on_signal(name)
 
     def _check_architecture(self, source: ckpt_io.Checkpoint, plan: _Plan, purpose: str) -> None:
         """An architecture option given must agree with the checkpoint we continue from."""

@@ -89,8 +89,7 @@ def check_options(vocab_size: int, length: int, temperature: float, top_k: int |
 
 def prime_ids(vocab: Vocab, prime: str) -> list[int]:
     """Encode the priming text; DataError naming every character the model has never seen."""
-    vocab.check(prime, option("prime"))
-    return [vocab.chars.index(ch) for ch in prime]
+    return vocab.encode(prime, option("prime")).tolist()
 
 
 def generate(

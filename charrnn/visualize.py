@@ -106,8 +106,7 @@ def encode_text(vocab: Vocab, text: str, source: str) -> np.ndarray:
     """text -> (N,) int64 ids; DataError (naming ``source``) for empty text or unknown characters."""
     if not text:
         raise DataError(f"{source}: the text is empty; pass some text to run the model over")
-    vocab.check(text, source)
-    return vocab.encode(text).astype(np.int64)
+    return vocab.encode(text, source).astype(np.int64)
 
 
 # -- running the model -------------------------------------------------------------------------

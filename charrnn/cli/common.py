@@ -64,9 +64,9 @@ class Duration(click.ParamType):
         from charrnn.options import parse_duration
 
         try:
-            return parse_duration(value if isinstance(value, (int, float)) else str(value))
-        except CharRNNError as exc:
-            self.fail(str(exc).split(" ", 1)[1] if str(exc).startswith("--") else str(exc), param, ctx)
+            return parse_duration(value if isinstance(value, (int, float)) else str(value), name=None)
+        except CharRNNError as exc:  # click names the flag itself
+            self.fail(str(exc), param, ctx)
 
 
 def format_duration(seconds: float) -> str:

@@ -287,7 +287,6 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
     trainer, session = run.trainer, run.session
     if not session.is_main:  # rank 0 speaks for the job
         quiet, as_json = True, False
-        progress.quiet = True
     corpus, loaded = run.corpus, run.loaded
     if loaded is not None and loaded.skipped and session.is_main:
         console.print(f"[yellow]{corpus.name}: {describe_skipped(loaded.skipped)}")
