@@ -137,7 +137,7 @@ def test_score_gives_what_model_score_gives(served, checkpoints):
     np.testing.assert_allclose(got["surprisal_bits"][1:], want.surprisal_bits[1:])
 
 
-@pytest.mark.slow  # ranks on 3000 characters of the model's own writing
+@pytest.mark.slow  # ranks on 1500 characters of the model's own writing
 def test_units_ranks_as_visualize_find_does(served, checkpoints):
     text = 'He said "yes" and she said "no, not (that)" twice.\n' * 6
     got = served.client.post("/v1/units", json={"model": "lstm", "feature": "quote", "text": text, "top": 4}).json()

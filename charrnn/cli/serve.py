@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
 import signal
 import socket
@@ -124,7 +125,9 @@ def serve(ctx, checkpoints, host, port, token, max_streams, max_length, max_body
     for name, model in models.items():
         console.print(f"model [bold]{name}[/]: {model!r}")
     console.print(f"charrnn serve: http://{shown}:{bound_port}/ (playground at /, API at /v1/); Ctrl-C to stop")
-    server.run(sockets=[sock])
+    # A fresh context: library messages inside requests name fields as the JSON does (top_k), not as
+    # this command's flags (--top-k), which the surrounding CLI context would make them.
+    contextvars.Context().run(server.run, sockets=[sock])
     if server.stopped_by is not None:
         ctx.exit(EXIT_BY_SIGNAL.get(server.stopped_by, 143))
 

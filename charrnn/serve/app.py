@@ -36,7 +36,7 @@ from starlette.routing import Route
 from charrnn import visualize as viz
 from charrnn.api import Model
 from charrnn.describe import describe
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, DataError
 from charrnn.features import feature_values
 from charrnn.sample import Draw
 from charrnn.serve import page
@@ -52,7 +52,7 @@ from charrnn.serve.validate import (
     units_request,
 )
 
-UNITS_SAMPLE_CHARS = 3000  # the model's own writing that /v1/units ranks on when given no text
+UNITS_SAMPLE_CHARS = 1500  # the model's own writing that /v1/units ranks on when given no text
 UNITS_CACHE = 64  # rankings kept per server
 RETRY_AFTER_S = 1
 
@@ -324,8 +324,15 @@ async def units(request: Request) -> Response:
 
     try:
         result = await run_in_threadpool(work)
-    except CharRNNError as exc:  # e.g. the feature never changes over the text
-        raise RequestError(str(exc), "feature" if req.text is None else "text") from None
+    except DataError:  # the feature never changes over the text
+        where = "the text" if req.text is not None else f"{UNITS_SAMPLE_CHARS} characters of the model's own writing"
+        raise RequestError(
+            f"the feature {req.feature!r} never changes over {where}, so no unit can track it; pick another feature "
+            "or pass a text where it varies",
+            "feature" if req.text is None else "text",
+        ) from None
+    except CharRNNError as exc:  # a regex:PATTERN that does not compile
+        raise RequestError(str(exc), "feature") from None
     if len(state.units_cache) >= UNITS_CACHE:
         state.units_cache.pop(next(iter(state.units_cache)))
     state.units_cache[key] = result

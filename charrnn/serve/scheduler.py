@@ -42,6 +42,10 @@ log = logging.getLogger("charrnn.serve")
 
 PRIME_CHUNK = 4096  # characters per forward pass of a prime: bounded memory for any prime
 TOP_GUESSES = 5  # the model's top guesses sent with each character when surprisal is asked for
+# A client's loop is woken at most this often while its samples run (at once for the first character
+# and for the end): each wake-up is a send and a JSON encoding on the event loop's thread, which shares
+# the cores with the steps; benchmarks/bench_serve.py measures what batching gains with it.
+WAKE_EVERY_S = 0.02
 
 
 class ServerStopping(Exception):
@@ -111,12 +115,17 @@ class Stream:
         self.loop = loop
         self.event = asyncio.Event()
         self._wake_pending = False
+        self._last_wake = 0.0
         self._on_finish = on_finish
 
     # -- the scheduler's side ------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """Tell the client's loop there is news (at most one wake-up queued at a time)."""
+    def wake(self, now: float | None = None) -> None:
+        """Tell the client's loop there is news: at once if ``now`` is None, else if ``WAKE_EVERY_S``
+        passed since the last time (at most one wake-up queued at a time)."""
+        if now is not None and now - self._last_wake < WAKE_EVERY_S:
+            return
+        self._last_wake = time.monotonic() if now is None else now
         if not self._wake_pending:
             self._wake_pending = True
             try:
@@ -217,7 +226,10 @@ class Scheduler:
         module.eval()
         self.stepper = StepModel(module)
         self.device = self.stepper.device
-        self.threads = torch.get_num_threads()  # the count to use when sampling_threads says "as it is"
+        # Torch's threads for one row and for several, as charrnn sample picks them; worked out once,
+        # since asking numpy's BLAS how many threads it has takes milliseconds.
+        self.threads = torch.get_num_threads()
+        self.threads_one = sampling_threads(1, self.device) or self.threads
         self.rows: list[Row] = []
         self.logits = torch.zeros(0, len(chars), device=self.device)  # (B, V)
         self.state = self.stepper.init_state(0)  # each (L, B, H)
@@ -287,7 +299,7 @@ class Scheduler:
                         stream.finish("error")
 
     def _use_threads(self, rows: int) -> None:
-        threads = sampling_threads(rows, self.device) or self.threads
+        threads = self.threads_one if rows == 1 else self.threads
         if threads != self._threads_now:
             torch.set_num_threads(threads)
             self._threads_now = threads
@@ -393,7 +405,7 @@ class Scheduler:
                     if len(sample.chars) >= stream.length:
                         stream.end_sample(sample, "length")
                         row.done = True
-            stream.wake()
+            stream.wake(now)
 
         # 5. Rows that ended leave the batch.
         self._drop_done()
