@@ -20,6 +20,7 @@ from charrnn.recording import record
 from charrnn.serve import Limits
 from charrnn.serve.limits import is_loopback, token_matches
 from charrnn.serve.stops import StopScanner
+from charrnn.serve.validate import MAX_TRACE_CHARS, RequestError, ServedModel, score_request, units_request
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -289,3 +290,14 @@ def test_serve_names_a_taken_port(runner, checkpoints):
 def test_serve_refuses_a_missing_checkpoint(runner, tmp_path):
     result = runner.invoke(cli, ["serve", str(tmp_path / "nope.pt"), "--port", "0"])
     assert result.exit_code == 3 and "Traceback" not in result.stderr
+
+
+def test_unit_traces_and_rankings_are_capped_in_length(checkpoints):
+    model = load(checkpoints["lstm"])
+    models = {"m": ServedModel("m", model.config, model.vocab)}
+    long_text = "the cat. " * (MAX_TRACE_CHARS // 9 + 1)
+    assert score_request({"text": long_text}, models).units == []  # plain scoring has no such cap
+    for check, body in ((score_request, {"text": long_text, "units": [[1, 0]]}), (units_request, {"text": long_text})):
+        with pytest.raises(RequestError) as caught:
+            check(body, models)
+        assert caught.value.field == "text" and caught.value.status == 422

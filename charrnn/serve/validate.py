@@ -24,6 +24,9 @@ MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_UNITS = 64  # (layer, unit) pairs traced per request
 MAX_TOP = 50  # units ranked per /v1/units request
+# Characters a unit trace or ranking may run over: they go through the network one step at a time
+# with every layer's internals kept (charrnn.visualize.run), which is far slower than scoring.
+MAX_TRACE_CHARS = 20_000
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 UNIT_FEATURES = ("quote", "line-position", "bracket-depth", "indent", "comment", "word-position")
 
@@ -251,6 +254,12 @@ def score_request(body: dict, models: dict[str, ServedModel]) -> ScoreRequest:
         raise RequestError(f"text has {len(text)} character(s); scoring needs at least 2", "text")
     _encode(served.vocab, text, "text")
     units, what = _units(body, served.config)
+    if units and len(text) > MAX_TRACE_CHARS:
+        raise RequestError(
+            f"text has {len(text)} characters; tracing units runs over at most {MAX_TRACE_CHARS} (leave out units to "
+            "score a longer text)",
+            "text",
+        )
     return ScoreRequest(served.name, text, units, what)
 
 
@@ -268,6 +277,10 @@ def units_request(body: dict, models: dict[str, ServedModel]) -> UnitsRequest:
         text = _string(body, "text", None)
         if not text:
             raise RequestError("text is empty; leave it out to rank units on the model's own writing", "text")
+        if len(text) > MAX_TRACE_CHARS:
+            raise RequestError(
+                f"text has {len(text)} characters; units are ranked on at most {MAX_TRACE_CHARS}", "text"
+            )
         _encode(served.vocab, text, "text")
     top = _integer(body, "top", 10, 1, MAX_TOP)
     assert top is not None, "top has a default"
