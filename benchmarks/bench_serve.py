@@ -219,13 +219,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000, help="Requests in the soak.")
     parser.add_argument("--soak-clients", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="--threads for the server (default: its own).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the server and for the sample baseline (default: theirs).",
+    )
     parser.add_argument("--quick", action="store_true", help="A smoke run: a small model, few requests.")
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
     args = parser.parse_args()
     if args.quick:
         args.num_layers, args.hidden_size, args.length, args.clients = 1, 64, 300, 8
         args.client_length, args.requests, args.soak_clients, args.repeats = 100, 300, 8, 1
+    common.set_threads(args.threads)
     info = common.machine()
     print(common.describe(info), file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
