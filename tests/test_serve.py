@@ -23,6 +23,7 @@ from charrnn.serve.stops import StopScanner
 from charrnn.serve.validate import MAX_TRACE_CHARS, RequestError, ServedModel, score_request, units_request
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+LONG = 50_000  # characters: a stream that cannot end by itself while a test looks at it, even on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(checkpoints):
-    server = Served(checkpoints, Limits(max_streams=8, max_length=3000, max_body_bytes=4096))
+    server = Served(checkpoints, Limits(max_streams=8, max_length=LONG, max_body_bytes=4096))
     yield server
     server.close()
 
@@ -155,7 +156,7 @@ BAD = [
     (b"\xff\xfe", 400, None),
     ({"lenght": 5}, 422, "lenght"),
     ({"length": 0}, 422, "length"),
-    ({"length": 3001}, 422, "length"),
+    ({"length": LONG + 1}, 422, "length"),
     ({"length": "5"}, 422, "length"),
     ({"temperature": 0}, 422, "temperature"),
     ({"temperature": "hot"}, 422, "temperature"),
@@ -212,7 +213,7 @@ def test_unknown_routes_and_methods_are_json_errors(served):
 
 
 def test_a_client_that_disconnects_frees_its_stream(served):
-    with served.client.stream("POST", "/v1/generate", json={"length": 3000, "stream": True, "num_samples": 2}) as r:
+    with served.client.stream("POST", "/v1/generate", json={"length": LONG, "stream": True, "num_samples": 2}) as r:
         for line in r.iter_lines():
             if line.startswith("event: text"):
                 break
@@ -220,12 +221,12 @@ def test_a_client_that_disconnects_frees_its_stream(served):
     assert wait_idle(served) == 0
     # A non-streamed request whose client gives up is freed too.
     with pytest.raises(httpx.TimeoutException):
-        served.client.post("/v1/generate", json={"length": 3000, "temperature": 5.0}, timeout=0.2)
+        served.client.post("/v1/generate", json={"length": LONG, "temperature": 5.0}, timeout=0.2)
     assert wait_idle(served) == 0
 
 
 def test_streams_over_the_cap_get_429_with_retry_after(served):
-    with served.client.stream("POST", "/v1/generate", json={"length": 3000, "stream": True, "num_samples": 8}) as r:
+    with served.client.stream("POST", "/v1/generate", json={"length": LONG, "stream": True, "num_samples": 8}) as r:
         next(r.iter_lines())
         busy = served.client.post("/v1/generate", json={"length": 5})
         assert busy.status_code == 429 and busy.headers["retry-after"].isdigit()
@@ -235,10 +236,10 @@ def test_streams_over_the_cap_get_429_with_retry_after(served):
 
 
 def test_a_request_past_its_deadline_ends_with_deadline(checkpoints):
-    server = Served({"m": checkpoints["lstm"]}, Limits(deadline_s=0.3))
+    server = Served({"m": checkpoints["lstm"]}, Limits(deadline_s=0.3, max_length=LONG))
     try:
-        got = server.client.post("/v1/generate", json={"length": 10_000}).json()
-        assert got["samples"][0]["reason"] == "deadline" and 0 < got["samples"][0]["n_chars"] < 10_000
+        got = server.client.post("/v1/generate", json={"length": LONG}).json()
+        assert got["samples"][0]["reason"] == "deadline" and 0 < got["samples"][0]["n_chars"] < LONG
         assert wait_idle(server) == 0
     finally:
         server.close()
