@@ -133,9 +133,11 @@ def _first_line(exc: BaseException) -> str:
     """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     for line in lines:
-        if "global" in line.lower() or "Unsupported operand" in line:
+        if "global" in line.lower():
             what = line.split(":", 1)[-1].strip() if "Unsupported global" in line else line
             return f"it holds pickled Python objects, which charrnn refuses to load: {what[:150]}"
+        if "Unsupported operand" in line:
+            return f"its pickle uses an operation the safe loader refuses: {line[:150]}"
     if lines and lines[0].startswith("Weights only load failed"):
         lines = [line for line in lines[1:] if not line.startswith("Check the documentation")] or ["unpickling failed"]
     return (lines[0] if lines else type(exc).__name__)[:200]
@@ -158,7 +160,8 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
     try:
         config = checkpoint_schema.validate(data, REQUIRED)
     except checkpoint_schema.Invalid as exc:
-        raise CheckpointError(f"{bad} ({exc})") from None
+        detail = " ".join(str(exc).split())  # one line, whatever a value's repr held
+        raise CheckpointError(f"{bad} ({detail[:300]})") from None
     resume = data.get("resume")
     return Checkpoint(
         path=path,

@@ -342,6 +342,11 @@ def _model_config(value: Any) -> ModelConfig:
     record(value, "model_config")
     if "cell" in value and not isinstance(value["cell"], str):
         raise Invalid("model_config.cell", f"must be a string, got {_kind(value['cell'])}")
+    for key in ("vocab_size", "num_layers", "hidden_size", "embedding_size"):
+        if key in value:
+            integer(value[key], f"model_config.{key}", 1, MAX_OPTION)
+    if "dropout" in value:
+        number(value["dropout"], "model_config.dropout", 0.0, 1.0, open_hi=True)
     try:
         return ModelConfig.from_dict(value)
     except ConfigError as exc:
@@ -513,7 +518,7 @@ def _optimizer(value: Any, config: ModelConfig, tensors: Tensors) -> None:
         raise Invalid(f"{where}.param_groups", f"must hold one group, got {len(groups)}")
     group = record(groups[0], f"{where}.param_groups[0]")
     params = listing(group.get("params"), f"{where}.param_groups[0].params")
-    if params != list(range(len(shapes))) or any(isinstance(p, bool) for p in params):
+    if [type(p) for p in params] != [int] * len(shapes) or params != list(range(len(shapes))):
         raise Invalid(f"{where}.param_groups[0].params", f"must be the indices 0 to {len(shapes) - 1}")
     for key, item in group.items():
         if key in _ADAM_GROUP:

@@ -126,13 +126,18 @@ def restore(
         ) from None
     model.load_state_dict(ckpt.weights)
     resume = ckpt.resume or {}
-    if "optimizer" in resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        for group in optimizer.param_groups:
-            # The saved groups carry the saving machine's kernel choice; this device decides.
-            group["fused"], group["foreach"] = optimizer.defaults["fused"], optimizer.defaults["foreach"]
-    if resume.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(resume["scaler"])
+    try:  # checkpoint.load validated these; torch's own checks are the second line of defence
+        if "optimizer" in resume:
+            optimizer.load_state_dict(resume["optimizer"])
+            for group in optimizer.param_groups:
+                # The saved groups carry the saving machine's kernel choice; this device decides.
+                group["fused"], group["foreach"] = optimizer.defaults["fused"], optimizer.defaults["foreach"]
+        if resume.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resume["scaler"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        where = f"{ckpt.path}: " if ckpt.path is not None else ""
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:150]
+        raise CheckpointError(f"{where}cannot resume: its optimizer state does not fit the model ({detail})") from None
 
     # 1. RNG: this process's own when the process count is the same, else a fresh stream per process.
     ranks = resume.get("ranks")
