@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from charrnn.errors import ConfigError
@@ -395,12 +396,30 @@ def _history(value: Any) -> None:
             plain(items, f"history.{key}")
             continue
         items = listing(items, f"history.{key}")
-        for i, item in enumerate(items):
-            _HISTORY[key](item, f"history.{key}[{i}]")
+        if not _history_list_fits(key, items):  # then find the first item at fault, and say why
+            for i, item in enumerate(items):
+                _HISTORY[key](item, f"history.{key}[{i}]")
         lengths[key] = len(items)
     if len(set(lengths.values())) > 1:
         sizes = ", ".join(f"{key} {n}" for key, n in lengths.items())
         raise Invalid("history", f"lists have different lengths ({sizes}); each holds one entry per evaluation")
+
+
+def _history_list_fits(key: str, items: list) -> bool:
+    """The checks of ``_HISTORY[key]`` over a whole list at once (a long run's history holds
+    hundreds of thousands of numbers); False if any item may break them."""
+    kinds = set(map(type, items))
+    if not items:
+        return True
+    if key == "step":
+        return kinds == {int} and 0 <= min(items) and max(items) <= MAX_COUNT
+    if not kinds <= {int, float} or (int in kinds and not -(2**63) < min(items) <= max(items) < 2**63):
+        return False
+    values = np.asarray(items, dtype=np.float64)
+    ok = np.isfinite(values) & (values >= 0.0) & (values <= (1e12 if key == "elapsed" else np.inf))
+    if key == "train_loss":
+        ok |= np.isnan(values)
+    return bool(ok.all())
 
 
 def _vocab_history(value: Any) -> None:
