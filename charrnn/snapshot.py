@@ -147,7 +147,11 @@ def restore(
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
+        try:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        except RuntimeError:
+            where = f"{ckpt.path}: " if ckpt.path is not None else ""
+            raise CheckpointError(f"{where}cannot resume: its CUDA generator state is not one torch accepts") from None
     if world_size > 1 and not exact:
         torch.manual_seed(train_config.seed + rank + 7919 * state.step)
 
@@ -156,7 +160,8 @@ def restore(
     same_layout = resume.get("world_size", 1) == world_size
     carried = None
     if saved and same_layout and saved[0].shape[1] == train_config.batch_size:
-        carried = tuple(s.to(device) for s in saved)
+        # float32, as a fresh state is: a bf16 or fp16 run saves its autocast dtype, which casts back exactly
+        carried = tuple(s.to(device=device, dtype=torch.float32) for s in saved)
     if state.batch >= steps_per_epoch or not same_layout:
         # The end of an epoch, or another data layout (another process count): start the next epoch cleanly.
         state.epoch += 1 if state.batch else 0

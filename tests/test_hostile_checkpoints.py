@@ -8,6 +8,8 @@ import io
 import json
 import math
 import os
+import pickle
+import pickletools
 import resource
 import struct
 import time
@@ -219,6 +221,33 @@ def test_a_normal_checkpoints_pickle_is_far_below_the_caps(tmp_path):
     assert len(loaded.history["val_loss"]) == n
 
 
+_PICKLABLE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=300) | st.binary(max_size=300),
+    lambda inner: (
+        st.lists(inner, max_size=40) | st.dictionaries(st.text(max_size=5), inner, max_size=8) | st.tuples(inner)
+    ),
+    max_leaves=40,
+)
+
+
+@pytest.mark.slow  # 30 generated values
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(value=_PICKLABLE, protocol=st.sampled_from([2, 4]))
+def test_the_pickle_scan_counts_what_pickletools_counts(value, protocol):
+    """The scan that caps the pickle steps over the same operations pickletools.genops reads."""
+    data = pickle.dumps(value, protocol=protocol)
+    ops = sum(1 for _ in pickletools.genops(data)) - 1  # STOP is not counted
+    cap = checkpoint_archive.MAX_PICKLE_OPS
+    try:
+        checkpoint_archive.MAX_PICKLE_OPS = ops
+        checkpoint_archive.check_pickle(data, Path("p.pt"))
+        checkpoint_archive.MAX_PICKLE_OPS = ops - 1
+        with pytest.raises(CheckpointError, match="too large to unpickle"):
+            checkpoint_archive.check_pickle(data, Path("p.pt"))
+    finally:
+        checkpoint_archive.MAX_PICKLE_OPS = cap
+
+
 def test_huge_integers_are_named_not_printed(tmp_path):
     data = base_dict()
     data["version"] = 10**600
@@ -426,6 +455,17 @@ def test_unknown_keys_of_plain_data_and_a_valid_vocab_history_are_accepted(resum
     data["progress"]["new_counter"] = 7
     ckpt = ckpt_io.from_dict(data, Path("m.pt"))
     assert ckpt.progress["new_counter"] == 7
+
+
+def test_a_carried_state_in_bf16_resumes_an_fp32_run(runner, tmp_path, resumable):
+    """A bf16 run saves its autocast dtype's state; resumed as fp32 (or crafted so) it must still train."""
+    text, raw = resumable
+    data = copy.deepcopy(raw)
+    data["resume"]["state"] = [s.to(torch.bfloat16) for s in data["resume"]["state"]]
+    path = save_raw(data, tmp_path / "last.pt")
+    result = runner.invoke(cli, COMMANDS["train --resume"][0](path, text))
+    assert result.exit_code == 0, result.stderr
+    assert ckpt_io.load(path).progress["step"] == 5
 
 
 # The commands each mutated file goes through. Exit 1 is the text's own error: a checkpoint whose
