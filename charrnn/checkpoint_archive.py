@@ -53,8 +53,8 @@ _CHUNK = 2**20
 
 
 def not_valid(path: Path, detail: str) -> CheckpointError:
-    """The one error for a damaged or foreign file."""
-    return CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})")
+    """The one error for a damaged or foreign file (one line, whatever ``detail`` quotes)."""
+    return CheckpointError(f"{path}: not a valid charrnn checkpoint ({' '.join(detail.split())})")
 
 
 def open_checked(path: Path) -> BinaryIO:
@@ -138,9 +138,11 @@ def _check_archive(file: BinaryIO, path: Path) -> None:
 def _check_names(infos: list[zipfile.ZipInfo], path: Path) -> None:
     """One top-level folder; only the records torch.save writes, each once; a data.pkl."""
     names = [info.filename for info in infos]
-    if len(set(names)) != len(names):
-        duplicate = next(name for name in names if names.count(name) > 1)
-        raise not_valid(path, f"record {duplicate[:100]} is listed more than once")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise not_valid(path, f"record {name[:100]!r} is listed more than once")
+        seen.add(name)
     prefixes = {name.split("/", 1)[0] for name in names}
     if len(prefixes) != 1 or any("/" not in name for name in names):
         raise not_valid(path, "not a torch archive: its records are not in one folder")
