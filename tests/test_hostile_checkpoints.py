@@ -278,6 +278,17 @@ def test_an_unreadable_checkpoint_exits_three(runner, tmp_path):
     one_line_error(runner.invoke(cli, ["inspect", str(path)]), 3, r"cannot read the checkpoint \(permission denied\)")
 
 
+def test_a_checkpoint_the_os_refuses_to_open_exits_three(runner, tmp_path, monkeypatch):
+    """The same path as a file without read permission, also where the tests run as root."""
+    path = save_raw(base_dict(), tmp_path / "locked.pt")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint_archive.os, "open", refuse)
+    one_line_error(runner.invoke(cli, ["inspect", str(path)]), 3, r"cannot read the checkpoint \(permission denied\)")
+
+
 class _System:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
