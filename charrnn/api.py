@@ -29,6 +29,7 @@ from charrnn.loss import evaluate as mean_loss
 from charrnn.model import CharRNN, ModelConfig, detach_state
 from charrnn.sample import DEFAULT_MAX_PRIME, Beam, beam_search, check_options, check_stop_at
 from charrnn.sample import generate as generate_steps
+from charrnn.scoring import Per, RecordScore, Unknown, score_each
 from charrnn.threads import sampling_threads, torch_threads
 
 SCORE_CHUNK = 4096  # characters per forward pass when scoring: bounded memory for any text
@@ -234,6 +235,37 @@ class Model:
             num_samples=num_samples,
         )
         return "".join(pieces) if num_samples == 1 else list(pieces)
+
+    def score_each(
+        self,
+        texts: str | Path | Sequence[str | Path],
+        *,
+        per: Per = "line",
+        top_surprises: int = 0,
+        reset_each: bool = False,
+        unknown: Unknown = "error",
+        encoding: str = "utf-8",
+    ) -> Iterator[RecordScore]:
+        """The score of every line (``per="line"``) or file (``per="file"``) of ``texts`` (a file, folder
+        or glob, or a list of them), one ``RecordScore`` at a time, with flat memory: what
+        ``charrnn eval --per-line`` / ``--per-file`` print (``charrnn.scoring.score_each``).
+
+        The state carries across records unless ``reset_each``; ``top_surprises=K`` keeps each record's
+        K most surprising characters; ``unknown="skip"`` leaves out characters outside the vocabulary
+        (and counts them) where ``"error"`` raises DataError naming them before anything is scored.
+        """
+        paths = [texts] if isinstance(texts, (str, Path)) else list(texts)
+        return score_each(
+            self.module,
+            self.vocab,
+            paths,
+            per=per,
+            top_surprises=top_surprises,
+            reset_each=reset_each,
+            unknown=unknown,
+            encoding=encoding,
+            device=self.device,
+        )
 
     @torch.no_grad()
     def score(self, text: str) -> Score:
