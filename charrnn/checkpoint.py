@@ -40,6 +40,16 @@ _REQUIRED = {
 }
 
 
+def vocab_entry(chars: str, step: int, date: str | None = None) -> dict:
+    """One entry of ``vocab_history``: characters added to the vocabulary, at which training step, and
+    when (ISO 8601 in UTC; None: now)."""
+    return {
+        "chars": chars,
+        "step": int(step),
+        "date": date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 @dataclass
 class Checkpoint:
     """A loaded (and validated) checkpoint. ``weights`` is the model's state dict (file key "model");
@@ -60,10 +70,15 @@ class Checkpoint:
     torch_version: str = str(torch.__version__)
     created: str = ""
     version: int = FORMAT_VERSION
+    # How the vocabulary grew: [{"chars", "step", "date"}], the original vocabulary first, then the
+    # characters each --extend-vocab fine-tune added. Empty: one entry, the whole vocabulary at step 0.
+    vocab_history: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.vocab, str):
             self.vocab = Vocab(self.vocab)
+        if not self.vocab_history:
+            self.vocab_history = [vocab_entry(self.vocab.chars, 0, self.created or None)]
 
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
         """A CharRNN with this checkpoint's weights, in eval mode, on ``device``."""
@@ -88,6 +103,7 @@ class Checkpoint:
             "best_val_loss": self.best_val_loss,
             "last_train_loss": self.last_train_loss,
             "resume": self.resume,
+            "vocab_history": [dict(entry) for entry in self.vocab_history],
         }
 
 
@@ -199,6 +215,9 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
     resume = data.get("resume")
     if resume is not None and not isinstance(resume, dict):
         raise CheckpointError(f"{bad} (malformed 'resume')")
+    history = data.get("vocab_history")  # missing in checkpoints from before charrnn 1.1
+    if history is not None and not _valid_vocab_history(history, vocab):
+        raise CheckpointError(f"{bad} (malformed 'vocab_history')")
     return Checkpoint(
         path=path,
         model_config=config,
@@ -215,7 +234,23 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
         torch_version=str(data.get("torch_version", "?")),
         created=str(data.get("created", "")),
         version=version,
+        vocab_history=[dict(entry) for entry in history] if history else [],
     )
+
+
+def _valid_vocab_history(history, vocab: str) -> bool:
+    """A list of {"chars": str, "step": int, "date": str} whose characters make up ``vocab``, each once."""
+    if not isinstance(history, list) or not history:
+        return False
+    for entry in history:
+        if not isinstance(entry, dict) or set(entry) != {"chars", "step", "date"}:
+            return False
+        step = entry["step"]
+        if not isinstance(entry["chars"], str) or not isinstance(entry["date"], str):
+            return False
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            return False
+    return "".join(sorted("".join(entry["chars"] for entry in history))) == vocab
 
 
 def _check_weights(weights: dict, config: ModelConfig, bad: str) -> None:

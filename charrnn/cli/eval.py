@@ -85,7 +85,9 @@ def eval_cmd(
         raise click.UsageError(f"{extra[0]} needs --per-line or --per-file")
     if len(text) > 1:
         raise click.UsageError("one TEXT at a time without --per-line or --per-file")
-    result = evaluate(checkpoint, text[0] if text else None, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device)
+    result = evaluate(
+        checkpoint, text[0] if text else None, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device
+    )
     if as_json:
         echo_json(
             {

@@ -68,6 +68,10 @@ def describe(ckpt: ckpt_io.Checkpoint) -> dict:
         },
         "history": _renamed(ckpt.history, HISTORY_KEYS),
         "resumable": ckpt.resume is not None,
+        "vocab_history": [
+            {**entry, "n_chars": len(entry["chars"]), "escaped": [escape_char(c) for c in entry["chars"]]}
+            for entry in ckpt.vocab_history
+        ],
     }
 
 
@@ -78,6 +82,17 @@ def _kv_table(title: str, rows) -> Table:
     for key, value in rows:
         table.add_row(key, str(value))
     return table
+
+
+def _vocab_history_rows(history: list[dict]) -> list[tuple[str, str]]:
+    """The vocabulary's history as table rows: the original characters, then each addition."""
+    if len(history) < 2:
+        return []
+    first, *added = history
+    rows = [("original", f"{first['n_chars']} characters, {first['date']}")]
+    for entry in added:
+        rows.append((f"added at step {entry['step']}", f"{' '.join(entry['escaped'])}  ({entry['date']})"))
+    return rows
 
 
 @click.command("inspect")
@@ -121,6 +136,7 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
             [
                 ("size", info["vocab"]["n_chars"]),
                 ("characters", " ".join(info["vocab"]["escaped"])),
+                *_vocab_history_rows(info["vocab_history"]),
             ],
         )
     )
