@@ -10,7 +10,6 @@ results for the same options and seed; training is ``charrnn.train`` (``charrnn.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,20 +150,16 @@ class Model:
             return beam_search(self.module, self.vocab, length=length, beam=beam, prime=prime, max_prime=max_prime)
 
     def _pieces(self, steps, prime: str, num_samples: int) -> Iterator[str]:
-        if num_samples == 1 and prime:
-            yield prime
-        # The first step reads the prime, one sequence pass, which runs best on all of torch's threads;
-        # only the one-character steps after it want the sampling thread policy.
-        first = next(steps, None)
         with torch_threads(sampling_threads(num_samples, self.device)):
-            rest = itertools.chain([first] if first is not None else [], steps)
             if num_samples == 1:
-                for chars in rest:
+                if prime:
+                    yield prime
+                for chars in steps:
                     if chars[0]:
                         yield chars[0]
                 return
             columns: list[list[str]] = [[] for _ in range(num_samples)]
-            for chars in rest:
+            for chars in steps:
                 for column, ch in zip(columns, chars):
                     column.append(ch)
         for column in columns:

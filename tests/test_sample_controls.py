@@ -281,3 +281,19 @@ def test_a_long_prime_runs_in_chunks_with_the_state_carried(monkeypatch):
         assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
     short_prime = sample_mod.run_prime(module, ids[:50], 1)[0]
     assert not torch.allclose(short_prime, logits[:1], atol=1e-3), "the whole prime must count"
+
+
+def test_help_and_readme_show_an_example_of_each_control(runner):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sample_help = runner.invoke(cli, ["sample", "--help"]).stdout
+    examples = sample_help[sample_help.index("Examples:") :]
+    for flag in ("--prime-file", "--prime -", "--stop-at", "--top-p", "--beam"):
+        assert "charrnn sample" in examples and flag in examples, flag
+        assert any(line.lstrip().startswith("charrnn") and flag in line for line in readme.splitlines()), flag
+    eval_help = runner.invoke(cli, ["eval", "--help"]).stdout
+    train_help = runner.invoke(cli, ["train", "--help"]).stdout
+    assert "charrnn eval out/best.pt poems.txt --per-line --top-surprises 3" in eval_help
+    assert "charrnn train new.txt --init-from old.pt --extend-vocab" in " ".join(train_help.split())
+    assert "--per-line --top-surprises 3" in readme and "--init-from old.pt --extend-vocab" in readme
