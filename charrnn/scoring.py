@@ -33,6 +33,7 @@ from charrnn.model import CharRNN, State
 from charrnn.reader import Reader, Unusable, usable_files
 
 SCORE_CHUNK = 4096  # characters per forward pass
+PIECE_CHARS = 65_536  # characters cut at line ends at a time (the reader's chunks are larger)
 
 Per = Literal["line", "file"]
 Unknown = Literal["error", "skip"]
@@ -190,8 +191,8 @@ def _pieces(reader: Reader, path: Path) -> Iterator[str]:
                 if text is None:
                     assert raw is not None, "Reader.pieces gives the bytes of every piece it does not decode"
                     text = raw.decode("ascii")
-                if text:
-                    yield text
+                for at in range(0, len(text), PIECE_CHARS):  # small pieces: bounded working memory
+                    yield text[at : at + PIECE_CHARS]
     except Unusable as problem:
         raise DataError(problem.message) from None
 

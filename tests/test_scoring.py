@@ -73,7 +73,10 @@ def test_reset_each_scores_every_line_on_its_own(model, text_file):
 def test_chunks_and_records_cut_anywhere_give_the_same_scores(model, text_file, monkeypatch):
     want = [r.total_nats for r in model.score_each(text_file)]
     monkeypatch.setattr(scoring, "SCORE_CHUNK", 3)
-    assert [r.total_nats for r in model.score_each(text_file)] == pytest.approx(want, abs=1e-4)
+    monkeypatch.setattr(scoring, "PIECE_CHARS", 4)  # lines cut across the reader's pieces too
+    cut = list(model.score_each(text_file, top_surprises=2))
+    assert [r.total_nats for r in cut] == pytest.approx(want, abs=1e-4)
+    assert [r.n_chars for r in cut] == [len(line) for line in lines_of(TEXT)]
 
 
 def test_top_surprises_are_the_most_surprising_characters_with_their_positions(model, text_file):
