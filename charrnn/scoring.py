@@ -33,7 +33,8 @@ from charrnn.model import CharRNN, State
 from charrnn.reader import Reader, Unusable, usable_files
 
 SCORE_CHUNK = 4096  # characters per forward pass
-PIECE_CHARS = 65_536  # characters cut at line ends at a time (the reader's chunks are larger)
+PIECE_CHARS = 65_536  # characters cut at line ends at a time
+READ_BYTES = 1 << 20  # bytes read at a time: scoring is bound by the model, so small reads cost nothing
 
 Per = Literal["line", "file"]
 Unknown = Literal["error", "skip"]
@@ -199,7 +200,7 @@ def _pieces(reader: Reader, path: Path) -> Iterator[str]:
 
 def check_known(vocab: Vocab, texts: Iterable[str | Path], encoding: str = "utf-8") -> None:
     """DataError naming the characters of ``texts`` outside ``vocab``, before anything is scored."""
-    reader = Reader(encoding)
+    reader = Reader(encoding, READ_BYTES)
     known = set(vocab.chars)
     for name, pieces in _files(texts, reader):
         unknown: set[str] = set()
@@ -272,7 +273,7 @@ def _score_each(module, vocab, texts, per, k, reset_each, encoding, device) -> I
         done.clear()
 
     try:
-        for name, pieces in _files(texts, Reader(encoding)):
+        for name, pieces in _files(texts, Reader(encoding, READ_BYTES)):
             line = 1
             record = _Record(name, line if per == "line" else None, k)
             position = 0  # of the next character in its record
