@@ -28,9 +28,9 @@ from typing import Any
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.corpus import LoadedCorpus, load_corpus
-from charrnn.data import Corpus
+from charrnn.data import Corpus, Vocab
 from charrnn.devices import resolve_device
-from charrnn.errors import ConfigError, option
+from charrnn.errors import ConfigError, UnknownCharsError, option
 from charrnn.fsio import check_writable
 from charrnn.model import ModelConfig
 from charrnn.options import (
@@ -44,6 +44,7 @@ from charrnn.options import (
 )
 from charrnn.threads import set_threads
 from charrnn.trainer import Callback, TrainConfig, Trainer, TrainResult
+from charrnn.vocab_extend import PROBE_CHARS, extend
 
 SAMPLE_TEMPERATURE = 0.8  # of the closing sample
 
@@ -152,12 +153,19 @@ class Run:
         out_dir: str | Path | None = None,
         resume: str | Path | None = None,
         init_from: str | Path | None = None,
+        extend_vocab: bool = False,
         force: bool = False,
         callback: Callback | None = None,
         should_stop: Callable[[], Any] | None = None,
         **options: Any,
     ):
         check_option_names(options)
+        if extend_vocab and init_from is None:
+            raise ConfigError(
+                f"{option('extend_vocab', True)} adds characters to the vocabulary of {option('init_from')}'s "
+                f"checkpoint; pass {option('init_from')} too"
+            )
+        self.extend_vocab = bool(extend_vocab)
         if resume is not None and init_from is not None:
             raise ConfigError(
                 f"{option('resume')} and {option('init_from')} cannot be combined; {option('resume')} continues "
@@ -229,18 +237,37 @@ class Run:
                     exclude=exclude,
                 )
             vocab = source.vocab if source is not None else None
-            return read_corpus(
-                text,
-                encoding=run_values["encoding"],
-                separator=run_values["separator"],
-                vocab=vocab,
-                cache_dir=cache_dir,
-                exclude=exclude,
-            )
+
+            def with_vocab(vocab):
+                return read_corpus(
+                    text,
+                    encoding=run_values["encoding"],
+                    separator=run_values["separator"],
+                    vocab=vocab,
+                    cache_dir=cache_dir,
+                    exclude=exclude,
+                )
+
+            if source is None:
+                return with_vocab(None)
+            try:
+                return with_vocab(vocab)
+            except UnknownCharsError as exc:
+                if not self.extend_vocab:
+                    raise UnknownCharsError(
+                        f"{exc}, or pass {option('extend_vocab', True)} to add them to the vocabulary of {init_from}",
+                        exc.chars,
+                    ) from None
+                # The text's new characters join the vocabulary: encode it again with all of them.
+                return with_vocab(Vocab("".join(sorted(set(source.vocab.chars) | set(exc.chars)))))
 
         # Local rank 0 encodes (or checks) the cache first; the other processes on its machine then find it.
         corpus, self.loaded = distributed.local_main_first(session, read)
         session.check_same(corpus.sha256, f"the text of {corpus.name}")
+        if init_from is not None and source is not None and corpus.vocab != source.vocab:
+            # --extend-vocab: new rows for the characters the text added (vocab_extend); the old model is
+            # probed on the start of the text to set their bias.
+            source = extend(source, corpus.vocab.chars, corpus.vocab.decode(corpus.ids[:PROBE_CHARS]))
         # 4. The model and the trainer.
         if source is not None:
             dropout = plan.model_values.get("dropout", source.model_config.dropout)
@@ -319,6 +346,7 @@ def train(
     out_dir: str | Path | None = None,
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
+    extend_vocab: bool = False,
     force: bool = False,
     callback: Callback | None = None,
     should_stop: Callable[[], Any] | None = None,
@@ -327,7 +355,9 @@ def train(
     """Train a character model on ``text`` (a file, folder or glob; None: the embedded Tiny Shakespeare,
     or on resume the checkpoint's own text) with the rules of ``charrnn train``.
 
-    ``out_dir`` defaults to "out", or with ``resume`` to the checkpoint's folder. ``options`` are the
+    ``out_dir`` defaults to "out", or with ``resume`` to the checkpoint's folder. ``extend_vocab`` (with
+    ``init_from``) adds the text's characters that the checkpoint lacks to its vocabulary
+    (``charrnn.vocab_extend``); without it they are an error that lists them. ``options`` are the
     flags of ``charrnn train`` with underscores: ``hidden_size=256``, ``max_time="10m"`` (or seconds),
     ``max_steps=2000``, ``device="cpu"``, ... An unknown one is a ConfigError naming the nearest.
     In the main thread a Ctrl-C (SIGINT) stops after the current step, saves ``last.pt`` and then
@@ -339,6 +369,7 @@ def train(
         out_dir=out_dir,
         resume=resume,
         init_from=init_from,
+        extend_vocab=extend_vocab,
         force=force,
         callback=callback,
         should_stop=should_stop,

@@ -37,7 +37,7 @@ from charrnn.trainer import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, TrainConfig
 
 MODEL_DEFAULTS = ModelConfig(vocab_size=1)
 TRAIN_DEFAULTS = TrainConfig(max_steps=DEFAULT_MAX_STEPS)
-CLI_ONLY = ("text", "out_dir", "resume", "init_from", "force", "nproc", "quiet", "as_json")
+CLI_ONLY = ("text", "out_dir", "resume", "init_from", "extend_vocab", "force", "nproc", "quiet", "as_json")
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -210,6 +210,12 @@ def _given(ctx: click.Context, name: str) -> bool:
     default=None,
     help="Start a new run from this checkpoint's weights and vocabulary (fine-tuning).",
 )
+@click.option(
+    "--extend-vocab",
+    is_flag=True,
+    help="With --init-from: add TEXT's characters the checkpoint lacks to its vocabulary (new rows; the old "
+    "ones kept exactly), e.g. charrnn train new.txt --init-from old.pt --extend-vocab",
+)
 @click.option("--force", is_flag=True, help="Overwrite checkpoints of an earlier run in --out-dir.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of TEXT, e.g. latin-1.")
 @click.option(
@@ -248,7 +254,9 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.pass_context
-def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, nproc, quiet, as_json, **flags):
+def train(
+    ctx: click.Context, text, out_dir: Path, resume, init_from, extend_vocab, force, nproc, quiet, as_json, **flags
+):
     """Train a character model on TEXT (default: the embedded Tiny Shakespeare corpus).
 
     Checkpoints go to OUT_DIR (with --resume: the checkpoint's folder): last.pt at every evaluation
@@ -280,6 +288,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
         out_dir=out_dir if _given(ctx, "out_dir") else None,
         resume=resume,
         init_from=init_from,
+        extend_vocab=extend_vocab,
         force=force,
         callback=progress,
         **options,
