@@ -12,6 +12,7 @@ import click
 
 from charrnn import __version__
 from charrnn.cli.common import CharRNNGroup
+from charrnn.cli.streams import diagnostics, guard_descriptors
 
 EXIT_CODES_HELP = """
 \b
@@ -66,7 +67,9 @@ def _utf8_streams() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    guard_descriptors()
     _utf8_streams()
+    sys.stderr = diagnostics(sys.stderr)  # an error line that cannot be shown is dropped, never a traceback
     code: str | int | None  # what sys.exit takes
     try:
         code = cli.main(prog_name="charrnn", standalone_mode=True)

@@ -6,7 +6,6 @@ What a run *is* (resume and fine-tuning rules, the out-dir guard, finding the te
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from charrnn.cli.common import (
     THREADS_HELP,
     Duration,
     UserError,
+    echo_json,
     format_duration,
     stderr_console,
 )
@@ -274,7 +274,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
     options = {name: value for name, value in flags.items() if _given(ctx, name)}
     if quiet:
         options["sample_length"] = 0
-    progress = Progress(console, quiet)
+    progress = Progress(quiet)
     run = Run(
         text,
         out_dir=out_dir if _given(ctx, "out_dir") else None,
@@ -330,7 +330,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
             )
         )
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        echo_json(summary)
     if interrupted:
         ctx.exit(SIGNAL_EXIT.get(signal_name or "", 130))
 
