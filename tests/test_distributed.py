@@ -190,7 +190,7 @@ def test_different_text_on_one_process_is_an_error_on_all(two_process_runs):
 
 def test_rank_zero_alone_writes_checkpoints(two_process_runs):
     root, _ = two_process_runs
-    assert sorted(p.name for p in (root / "plain").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (root / "plain").iterdir()) == [".charrnn.lock", "best.pt", "last.pt"]
     assert not (root / "plain-rank1").exists()
     saved = ckpt_io.load(root / "plain" / "last.pt")
     assert saved.train_config["world_size"] == WORLD and len(saved.resume["ranks"]) == WORLD
@@ -296,7 +296,7 @@ def test_cli_nproc_trains_through_the_launcher_stops_on_ctrl_c_and_resumes_in_on
     saved = ckpt_io.load(out / "last.pt")
     assert saved.progress["step"] == summary["steps"] and saved.train_config["world_size"] == 2
     assert saved.corpus["separator"] == "\n\n"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "cache", "last.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [".charrnn.lock", "best.pt", "cache", "last.pt"]
 
     from charrnn.cli import cli
 
