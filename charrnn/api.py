@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import checkpoint as ckpt_io
+from charrnn import memory
 from charrnn.data import Vocab, split
 from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError, DataError, option
-from charrnn.loss import LN2, Loss
+from charrnn.loss import LN2, Loss, eval_layout
 from charrnn.loss import evaluate as mean_loss
 from charrnn.model import CharRNN, ModelConfig, detach_state
 from charrnn.sample import generate as generate_steps
@@ -92,6 +93,8 @@ class Model:
         stream on a CPU, torch runs on one thread while the iterator is open and the step's products
         run on numpy's BLAS threads (``charrnn.threads.sampling_threads``), as ``charrnn sample`` does.
         """
+        if isinstance(length, int) and isinstance(num_samples, int) and num_samples > 1:
+            self._check_memory(num_samples, length * num_samples)  # the samples are kept until all are done
         steps = generate_steps(
             self.module,
             self.vocab,
@@ -104,6 +107,10 @@ class Model:
             seed=seed,
         )
         return self._pieces(steps, prime, num_samples)
+
+    def _check_memory(self, num_samples: int, kept_chars: int) -> None:
+        need = memory.sampling_bytes(self.config, max(1, num_samples), max(0, kept_chars))
+        memory.check_fits(need, self.device, f"sampling {num_samples:,} stream(s)", ("num_samples", "length"))
 
     def _pieces(self, steps, prime: str, num_samples: int) -> Iterator[str]:
         with torch_threads(sampling_threads(num_samples, self.device)):
@@ -159,6 +166,8 @@ class Model:
     ) -> str | list[str]:
         """The prime followed by ``length`` generated characters: ``"".join(generate(...))`` with the same
         arguments, and the text ``charrnn sample`` prints for them. ``num_samples > 1``: a list of samples."""
+        if isinstance(length, int) and isinstance(num_samples, int):
+            self._check_memory(num_samples, (length + len(prime)) * max(1, num_samples))
         pieces = self.generate(
             length, prime=prime, temperature=temperature, top_k=top_k, argmax=argmax, seed=seed, num_samples=num_samples
         )
@@ -229,5 +238,9 @@ def evaluate(
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{option(name)} must be a whole number of at least 1, got {value!r}")
+    chunk = eval_layout(len(ids), batch_size, seq_len)  # the streams and steps the text allows
+    memory.check_fits(
+        memory.evaluation_bytes(model.config, *chunk), model.device, "evaluating", ("batch_size", "seq_len")
+    )
     loss = mean_loss(model.module, ids, batch_size=batch_size, seq_len=seq_len, device=model.device)
     return EvalResult(nats=loss.nats, n_chars=loss.n_chars, text=what)

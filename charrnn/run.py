@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import distributed
+from charrnn import distributed, memory
 from charrnn.corpus import LoadedCorpus, load_corpus
 from charrnn.data import Corpus
 from charrnn.devices import resolve_device
@@ -261,6 +261,7 @@ class Run:
             model_config = ModelConfig(vocab_size=len(corpus.vocab), **plan.model_values)
         self.train_config = TrainConfig(**plan.train_values)
         self.sample_length = int(run_values["sample_length"])
+        self._check_memory(model_config, session.device)
         self.resumed = resume is not None
         self._stop = StopOnSignal(on_signal=self.callback_on_signal, coalesce_s=2.0 if session.active else 0.0)
         self.trainer = Trainer(
@@ -319,6 +320,25 @@ class Run:
     def callback_on_signal(self, name: str) -> None:
         if self.session.is_main:
             self.callback.on_signal(name)
+
+    def _check_memory(self, cfg: ModelConfig, device) -> None:
+        """Refuse a model, batch or closing sample that cannot fit, before any of it is allocated."""
+        tc = self.train_config
+        need = max(
+            memory.training_bytes(cfg, tc.batch_size, tc.seq_len),
+            memory.evaluation_bytes(cfg, tc.eval_batch_size, tc.eval_seq_len),
+        )
+        memory.check_fits(
+            need,
+            device,
+            "training this model",
+            ("hidden_size", "num_layers", "embedding_size", "batch_size", "seq_len"),
+        )
+        if self.sample_length:
+            need = memory.sampling_bytes(cfg, 1, self.sample_length)
+            memory.check_fits(
+                need, device, f"a closing sample of {self.sample_length:,} characters", ("sample_length",)
+            )
 
     def _check_architecture(self, source: ckpt_io.Checkpoint, plan: _Plan, purpose: str) -> None:
         """An architecture option given must agree with the checkpoint we continue from."""

@@ -12,6 +12,7 @@ from charrnn.data import Vocab
 from charrnn.errors import ConfigError, option
 from charrnn.inference import StepModel
 from charrnn.model import CharRNN
+from charrnn.train_config import check_seed
 
 
 class Draw:
@@ -112,6 +113,8 @@ def generate(
     options and ``seed`` give the same text on the same machine.
     """
     check_options(len(vocab), length, temperature, top_k, num_samples)
+    if seed is not None:
+        check_seed(seed)
     ids = prime_ids(vocab, prime)
     if not ids:
         ids = [vocab.chars.index("\n") if "\n" in vocab.chars else 0]

@@ -13,6 +13,8 @@ from rich.console import Console
 
 from charrnn.cli.streams import ReaderGone, StdoutFailed, diagnostics, product, silence
 from charrnn.errors import CharRNNError, cli_names
+from charrnn.threads import MAX_THREADS
+from charrnn.train_config import MAX_SEED
 
 DEFAULT_OUT_DIR = "out"
 
@@ -73,6 +75,20 @@ class Duration(click.ParamType):
             return parse_duration(value if isinstance(value, (int, float)) else str(value), name=None)
         except CharRNNError as exc:  # click names the flag itself
             self.fail(str(exc), param, ctx)
+
+
+class Finite(click.FloatRange):
+    """A float in an optional range that is a number: NaN and infinities are usage errors (exit 2)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+SEED = click.IntRange(0, MAX_SEED)  # what torch's and numpy's generators take
+THREADS = click.IntRange(1, MAX_THREADS)
 
 
 def format_duration(seconds: float) -> str:

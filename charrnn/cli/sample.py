@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from charrnn.api import load
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, echo_json
+from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, SEED, THREADS, THREADS_HELP, Finite, echo_json
 from charrnn.threads import set_threads
 
 DEFAULT_CHECKPOINT = Path(DEFAULT_OUT_DIR) / "best.pt"
@@ -43,7 +43,7 @@ class _Stream:
 @click.option(
     "--temperature",
     "-t",
-    type=float,
+    type=Finite(),
     default=0.8,
     show_default=True,
     help="> 0; lower is more conservative, 1 samples the model's own distribution.",
@@ -59,7 +59,7 @@ class _Stream:
 @click.option(
     "--top-k", type=click.IntRange(min=1), default=None, help="Sample only from the k most likely characters."
 )
-@click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@click.option("--seed", type=SEED, default=None, help="Seed for reproducible samples.")
 @click.option(
     "--num-samples",
     type=click.IntRange(min=1),
@@ -68,7 +68,7 @@ class _Stream:
     help="Independent samples, generated together as a batch.",
 )
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
+@click.option("--threads", type=THREADS, default=None, help=THREADS_HELP)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object (prime, samples, options) instead of streaming."
 )

@@ -18,8 +18,11 @@ from charrnn import distributed
 from charrnn.cli.common import (
     DEFAULT_OUT_DIR,
     DEVICE_HELP,
+    SEED,
+    THREADS,
     THREADS_HELP,
     Duration,
+    Finite,
     UserError,
     echo_json,
     format_duration,
@@ -68,7 +71,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--dropout",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=Finite(0, 1, max_open=True),
     default=MODEL_DEFAULTS.dropout,
     show_default=True,
     help="Dropout between layers and before the output layer.",
@@ -93,7 +96,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     "--lr",
     "--learning-rate",
     "lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=TRAIN_DEFAULTS.lr,
     show_default=True,
     help="Adam learning rate.",
@@ -108,14 +111,14 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True)
 @click.option(
     "--min-lr-frac",
-    type=click.FloatRange(0, 1),
+    type=Finite(0, 1),
     default=TRAIN_DEFAULTS.min_lr_frac,
     show_default=True,
     help="cosine: final lr as a fraction of --lr.",
 )
 @click.option(
     "--lr-decay",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=Finite(0, 1, min_open=True),
     default=TRAIN_DEFAULTS.lr_decay,
     show_default=True,
     help="step: lr multiplier per epoch ...",
@@ -129,12 +132,12 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--grad-clip",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=TRAIN_DEFAULTS.grad_clip,
     show_default=True,
     help="Clip the global gradient norm to this.",
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
+@click.option("--weight-decay", type=Finite(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
 @click.option(
     "--max-epochs",
     type=click.IntRange(min=1),
@@ -162,14 +165,14 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--val-frac",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=Finite(0, 1, min_open=True, max_open=True),
     default=TRAIN_DEFAULTS.val_frac,
     show_default=True,
     help="Last fraction of the text held out for validation.",
 )
-@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=SEED, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
+@click.option("--threads", type=THREADS, default=None, help=THREADS_HELP)
 @click.option(
     "--dtype",
     type=click.Choice(list(DTYPES)),
