@@ -22,7 +22,7 @@ Exit codes:
   2    command-line usage error (unknown flag, value out of range)
   3    checkpoint missing, corrupt, foreign or from a newer charrnn
   4    training diverged (NaN/inf loss or gradient)
-  5    cannot write output (unwritable folder, disk full)
+  5    cannot write output (unwritable folder, disk full, stdout)
   130  interrupted by Ctrl-C (SIGINT); 143 stopped by SIGTERM
 """
 
