@@ -93,6 +93,8 @@ class Cache:
             self.folder.mkdir(parents=True, exist_ok=True)
             lock.acquire(wait=True)
         except OSError:
+            pass
+        if not lock.held:
             yield
             return
         try:

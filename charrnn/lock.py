@@ -20,7 +20,8 @@ except ImportError:  # pragma: no cover - Windows
 
 
 class Locked(Exception):
-    """The lock is held by another process (``pid``, None if it could not be read) or lock object."""
+    """The lock is held by another process (``pid``; None if it could not be read) or by another
+    ``FileLock`` of this process."""
 
     def __init__(self, path: Path, pid: int | None):
         super().__init__(f"{path} is locked by {'process ' + str(pid) if pid else 'another process'}")
@@ -42,7 +43,7 @@ class FileLock:
         """Take the lock: at once (``Locked`` if another holds it) or, with ``wait``, when it is free."""
         if self._file is not None:
             return self
-        fh = open(self.path, "a+b")  # noqa: SIM115 - held open for as long as the lock is
+        fh = open(self.path, "a+b")  # held open for as long as the lock is
         try:
             if fcntl is not None:
                 try:
