@@ -37,11 +37,10 @@ def _per_position(cfg: ModelConfig) -> int:
     return cfg.embedding_size + cfg.num_layers * (GATES[cfg.cell] + 2) * cfg.hidden_size + 3 * cfg.vocab_size
 
 
-def training_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, kept_chars: int = 0) -> int:
-    """Weights, gradients and Adam's two moments, and a batch's activations; plus ``kept_chars`` of text."""
-    return FLOAT_BYTES * (4 * parameter_count(cfg) + batch_size * seq_len * _per_position(cfg)) + (
-        KEPT_CHAR_BYTES * kept_chars
-    )
+def training_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, activation_bytes: int = FLOAT_BYTES) -> int:
+    """Weights, gradients and Adam's two moments (fp32), and a batch's activations (``activation_bytes``
+    each: 2 under bf16 or fp16 autocast)."""
+    return FLOAT_BYTES * 4 * parameter_count(cfg) + activation_bytes * batch_size * seq_len * _per_position(cfg)
 
 
 def evaluation_bytes(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:

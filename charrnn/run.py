@@ -325,7 +325,7 @@ class Run:
         """Refuse a model, batch or closing sample that cannot fit, before any of it is allocated."""
         tc = self.train_config
         need = max(
-            memory.training_bytes(cfg, tc.batch_size, tc.seq_len),
+            memory.training_bytes(cfg, tc.batch_size, tc.seq_len, 4 if tc.dtype == "fp32" else 2),
             memory.evaluation_bytes(cfg, tc.eval_batch_size, tc.eval_seq_len),
         )
         memory.check_fits(
