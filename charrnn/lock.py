@@ -3,11 +3,13 @@
 A lock is ``flock`` on a small file that stays in place (deleting a lock file races with the next
 locker). The OS releases it when the process ends, however it ends, so a killed run never leaves a
 folder locked. The file holds the PID of the process that holds it, so whoever finds it taken can say
-who has it. Where ``fcntl`` is missing (Windows), locks are granted without guarding anything.
+who has it. Where ``fcntl`` is missing (Windows), or the file system has no locks (some network
+mounts), locks are granted without guarding anything.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -17,6 +19,10 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+
+# What flock says on a file system that has no locks.
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
 class Locked(Exception):
@@ -50,6 +56,10 @@ class FileLock:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 except BlockingIOError:
                     raise Locked(self.path, self._holder()) from None
+                except OSError as exc:
+                    if exc.errno not in _NO_LOCKS:
+                        raise
+                    # A file system without locks (some network mounts): granted, guarding nothing.
             fh.seek(0)
             fh.truncate()
             fh.write(f"{os.getpid()}\n".encode())

@@ -73,7 +73,8 @@ def test_runs_started_together_into_one_folder_one_wins_the_others_name_its_pid(
 def test_two_cli_runs_started_together_one_trains_the_other_is_refused(corpus_file, tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "charrnn", "train", str(corpus_file), *TINY_MODEL, *TINY_TRAIN]
-    args += ["--max-steps", "10", "--eval-every", "5", "--out-dir", str(out), "-q", "--device", "cpu"]
+    # The winner trains for 6 s, so the loser (started at the same moment) tries while it holds the folder.
+    args += ["--max-time", "6s", "--eval-every", "5", "--out-dir", str(out), "-q", "--device", "cpu"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     done = [(p.pid, *p.communicate(timeout=300), p.returncode) for p in procs]
     codes = sorted(code for *_, code in done)
@@ -84,7 +85,7 @@ def test_two_cli_runs_started_together_one_trains_the_other_is_refused(corpus_fi
         f"Error: {out} is in use by another training run (process {winner}); wait for it to end, stop it, "
         "or pick another --out-dir"
     )
-    assert ckpt_io.load(out / "last.pt").progress["step"] == 10  # the winner's checkpoints, whole
+    assert ckpt_io.load(out / "last.pt").progress["step"] >= 1  # the winner's checkpoints, whole
 
 
 @pytest.mark.slow  # a child process is killed while it trains
