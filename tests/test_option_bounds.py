@@ -45,6 +45,9 @@ TRAIN_BAD = [
     ("--seq-len", huge),
     ("--sample-length", huge),
     ("--nproc", st.integers(10**4, 10**9).map(str)),
+    ("--max-steps", st.integers(2**63, 2**200).map(str)),  # counts a checkpoint keeps as int64
+    ("--eval-every", st.integers(2**63, 2**200).map(str)),
+    ("--warmup-steps", st.integers(2**63, 2**200).map(str)),
 ]
 
 

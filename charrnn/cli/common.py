@@ -88,6 +88,7 @@ class Finite(click.FloatRange):
 
 
 SEED = click.IntRange(0, MAX_SEED)  # what torch's and numpy's generators take
+COUNT_MAX = 2**63 - 1  # steps, epochs, characters: what a checkpoint's int64 fields and JSON readers hold
 THREADS = click.IntRange(1, MAX_THREADS)
 
 

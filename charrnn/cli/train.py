@@ -16,6 +16,7 @@ from rich.table import Table
 
 from charrnn import distributed
 from charrnn.cli.common import (
+    COUNT_MAX,
     DEFAULT_OUT_DIR,
     DEVICE_HELP,
     SEED,
@@ -108,7 +109,9 @@ def _given(ctx: click.Context, name: str) -> bool:
     show_default=True,
     help="cosine: to lr*min-lr-frac over the budget; wsd: constant, then linear to lr*min-lr-frac over the last 20%; step: char-rnn's per-epoch decay; constant.",
 )
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True)
+@click.option(
+    "--warmup-steps", type=click.IntRange(min=0, max=COUNT_MAX), default=TRAIN_DEFAULTS.warmup_steps, show_default=True
+)
 @click.option(
     "--min-lr-frac",
     type=Finite(0, 1),
@@ -125,7 +128,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--lr-decay-after",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=COUNT_MAX),
     default=TRAIN_DEFAULTS.lr_decay_after,
     show_default=True,
     help="step: ... after this many epochs.",
@@ -140,13 +143,13 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--weight-decay", type=Finite(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
 @click.option(
     "--max-epochs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=COUNT_MAX),
     default=None,
     help="Stop after this many passes over the training split.",
 )
 @click.option(
     "--max-steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=COUNT_MAX),
     default=None,
     help=f"Stop at this step, counted from the start of the run [default: {DEFAULT_MAX_STEPS} when no other budget is given].",
 )
@@ -158,7 +161,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--eval-every",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=COUNT_MAX),
     default=TRAIN_DEFAULTS.eval_every,
     show_default=True,
     help="Steps between validation passes and checkpoints.",
@@ -231,7 +234,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--no-cache", is_flag=True, help="Encode TEXT in memory at every start instead of caching it.")
 @click.option(
     "--eval-chars",
-    type=click.IntRange(min=2),
+    type=click.IntRange(min=2, max=COUNT_MAX),
     default=None,
     help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,} on a GPU, {DEFAULT_EVAL_CHARS_CPU:,} elsewhere].",
 )
@@ -243,7 +246,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--sample-length",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=COUNT_MAX),
     default=RUN_DEFAULTS["sample_length"],
     show_default=True,
     help="Characters to sample from the best model at the end (0: none).",
