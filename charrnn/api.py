@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import checkpoint as ckpt_io
+from charrnn import memory
 from charrnn.corpus import read_text
 from charrnn.data import Vocab, split
 from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError, DataError, option
-from charrnn.loss import LN2, Loss
+from charrnn.loss import LN2, Loss, eval_layout
 from charrnn.loss import evaluate as mean_loss
 from charrnn.model import CharRNN, ModelConfig, detach_state
 from charrnn.sample import DEFAULT_MAX_PRIME, Beam, beam_search, check_options, check_stop_at
@@ -104,6 +105,8 @@ class Model:
         open and the step's products run on numpy's BLAS threads (``charrnn.threads.sampling_threads``),
         as ``charrnn sample`` does.
         """
+        if isinstance(length, int) and isinstance(num_samples, int) and num_samples > 1:
+            self._check_memory(num_samples, length * num_samples)  # the samples are kept until all are done
         prime = read_prime(prime, prime_file, max_prime)
         if beam is not None:
             check_options(
@@ -148,6 +151,10 @@ class Model:
         total log-probability in nats (``charrnn.sample.beam_search``); ``sample(beam=...)`` is its text."""
         with torch_threads(sampling_threads(beam, self.device)):
             return beam_search(self.module, self.vocab, length=length, beam=beam, prime=prime, max_prime=max_prime)
+
+    def _check_memory(self, num_samples: int, kept_chars: int) -> None:
+        need = memory.sampling_bytes(self.config, max(1, num_samples), max(0, kept_chars))
+        memory.check_fits(need, self.device, f"sampling {num_samples:,} stream(s)", ("num_samples", "length"))
 
     def _pieces(self, steps, prime: str, num_samples: int) -> Iterator[str]:
         with torch_threads(sampling_threads(num_samples, self.device)):
@@ -220,6 +227,8 @@ class Model:
         """The prime followed by ``length`` generated characters (fewer if ``stop_at`` ends it):
         ``"".join(generate(...))`` with the same arguments, and the text ``charrnn sample`` prints for
         them. ``num_samples > 1``: a list of samples."""
+        if isinstance(length, int) and isinstance(num_samples, int):
+            self._check_memory(num_samples, (length + len(prime or "")) * max(1, num_samples))
         pieces = self.generate(
             length,
             prime=prime,
@@ -353,5 +362,9 @@ def evaluate(
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{option(name)} must be a whole number of at least 1, got {value!r}")
+    chunk = eval_layout(len(ids), batch_size, seq_len)  # the streams and steps the text allows
+    memory.check_fits(
+        memory.evaluation_bytes(model.config, *chunk), model.device, "evaluating", ("batch_size", "seq_len")
+    )
     loss = mean_loss(model.module, ids, batch_size=batch_size, seq_len=seq_len, device=model.device)
     return EvalResult(nats=loss.nats, n_chars=loss.n_chars, text=what)

@@ -18,6 +18,7 @@ from charrnn.data import Vocab
 from charrnn.errors import ConfigError, option
 from charrnn.inference import StepModel
 from charrnn.model import CharRNN
+from charrnn.train_config import check_seed
 
 
 class Draw:
@@ -268,6 +269,8 @@ def generate(
     ``seed`` give the same text on the same machine.
     """
     stops = check_stop_at(vocab, stop_at)
+    if seed is not None:
+        check_seed(seed)
     check_options(
         len(vocab),
         length,

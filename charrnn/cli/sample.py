@@ -10,7 +10,16 @@ from pathlib import Path
 import click
 
 from charrnn.api import load, read_prime
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, THREADS_HELP, UserError, echo_json
+from charrnn.cli.common import (
+    DEFAULT_OUT_DIR,
+    DEVICE_HELP,
+    SEED,
+    THREADS,
+    THREADS_HELP,
+    Finite,
+    UserError,
+    echo_json,
+)
 from charrnn.sample import DEFAULT_MAX_PRIME, stopped_at
 from charrnn.threads import set_threads
 
@@ -85,7 +94,7 @@ Examples:
 @click.option(
     "--temperature",
     "-t",
-    type=float,
+    type=Finite(),
     default=0.8,
     show_default=True,
     help="> 0; lower is more conservative, 1 samples the model's own distribution.",
@@ -124,7 +133,7 @@ Examples:
 )
 @click.option(
     "--top-p",
-    type=click.FloatRange(min=0, max=1, min_open=True),
+    type=Finite(min=0, max=1, min_open=True),
     default=None,
     help="Nucleus sampling: only from the fewest most likely characters whose probability reaches P "
     "(after --temperature and --top-k).",
@@ -137,7 +146,7 @@ Examples:
     help="Beam search with N hypotheses for the continuation of exactly --length characters with the highest "
     "total log-probability (the sum, not length-normalised); deterministic, no --temperature; --beam 1 is --argmax.",
 )
-@click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@click.option("--seed", type=SEED, default=None, help="Seed for reproducible samples.")
 @click.option(
     "--num-samples",
     type=click.IntRange(min=1),
@@ -146,7 +155,7 @@ Examples:
     help="Independent samples, generated together as a batch.",
 )
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
+@click.option("--threads", type=THREADS, default=None, help=THREADS_HELP)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object (prime, samples, options) instead of streaming."
 )
