@@ -214,10 +214,14 @@ def test_unknown_routes_and_methods_are_json_errors(served):
 
 def test_a_client_that_disconnects_frees_its_stream(served):
     with served.client.stream("POST", "/v1/generate", json={"length": LONG, "stream": True, "num_samples": 2}) as r:
-        for line in r.iter_lines():
+        # Hold on to the iterator: httpx closes the connection as soon as an unfinished one is dropped (here, on
+        # ``break``), and the server would rightly be freeing the stream while /healthz is asked.
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("event: text"):
                 break
         assert served.client.get("/healthz").json()["active_streams"] == 2
+    # Leaving the block closes the response half read: the client goes away.
     assert wait_idle(served) == 0
     # A non-streamed request whose client gives up is freed too.
     with pytest.raises(httpx.TimeoutException):
@@ -227,7 +231,8 @@ def test_a_client_that_disconnects_frees_its_stream(served):
 
 def test_streams_over_the_cap_get_429_with_retry_after(served):
     with served.client.stream("POST", "/v1/generate", json={"length": LONG, "stream": True, "num_samples": 8}) as r:
-        next(r.iter_lines())
+        lines = r.iter_lines()  # kept, not dropped: dropping it would disconnect (see the test above)
+        next(lines)
         busy = served.client.post("/v1/generate", json={"length": 5})
         assert busy.status_code == 429 and busy.headers["retry-after"].isdigit()
         assert "--max-streams" in busy.json()["error"]["message"]
