@@ -117,9 +117,14 @@ def load(path: str | Path) -> Checkpoint:
     """Open and validate a checkpoint; CheckpointError (one line, naming the path) for anything wrong.
 
     Uses ``torch.load(weights_only=True)`` so a file holding pickled objects is refused, never run.
-    Tensors are mapped to the CPU, so a checkpoint saved on a GPU opens anywhere.
+    Tensors are mapped to the CPU, so a checkpoint saved on a GPU opens anywhere. A ``.safetensors``
+    file is the other format (``charrnn export``), read by ``charrnn.export.safetensors_pair``.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":
+        from charrnn.export import safetensors_pair  # imports this module: loaded on first use
+
+        return safetensors_pair.load(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint; train one with `charrnn train` or pass its path")
     if path.is_dir():
