@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error
 
 from charrnn import __version__
 from charrnn.checkpoint import Checkpoint
@@ -21,6 +20,7 @@ from charrnn.cli import cli
 from charrnn.errors import ConfigError
 from charrnn.export import export
 from charrnn.model import CharRNN, ModelConfig
+from conftest import one_line_error
 
 onnx = pytest.importorskip("onnx", reason="needs pip install 'charrnn[onnx]'")
 ort = pytest.importorskip("onnxruntime", reason="needs pip install 'charrnn[onnx]'")

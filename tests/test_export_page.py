@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_text
 
 from charrnn.api import Model
 from charrnn.checkpoint import Checkpoint
@@ -21,6 +20,7 @@ from charrnn.data import Vocab
 from charrnn.export import export
 from charrnn.export.fused import halved
 from charrnn.model import CharRNN, ModelConfig
+from conftest import make_text
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

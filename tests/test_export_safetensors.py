@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_line_error
 
 import charrnn
 from charrnn.checkpoint import Checkpoint
@@ -19,6 +18,7 @@ from charrnn.export import export
 from charrnn.export.fused import halved
 from charrnn.export.safetensors_pair import config_path
 from charrnn.model import CharRNN, ModelConfig
+from conftest import one_line_error
 
 VOCAB = "\n !.:abcdeghiklmnorstuvwy"
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn import checkpoint as ckpt_io
-from charrnn.errors import ConfigError, option
+from charrnn.errors import ConfigError, OutputError, option
+from charrnn.fsio import replace_atomic
 
 FORMATS = {".onnx": "onnx", ".safetensors": "safetensors", ".html": "html", ".htm": "html"}
 
@@ -33,6 +34,17 @@ class Exported:
     n_bytes: int
     parameters: int
     half: bool
+
+
+def write_file(path: Path, payload: bytes) -> None:
+    """Write one exported file atomically (a temp file beside it, renamed over it); OutputError if the
+    folder or the disk refuses, the old file untouched."""
+    try:
+        replace_atomic(path, payload)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path} ({exc.strerror or exc}); choose a writable folder or free some disk space"
+        ) from None
 
 
 def format_of(path: str | Path) -> str:

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import __version__
-from charrnn.checkpoint import Checkpoint, write_atomic
+from charrnn.checkpoint import Checkpoint
 from charrnn.errors import ConfigError
+from charrnn.export import write_file
 from charrnn.export.fused import step_arrays
 
 OPSET = 17  # onnxruntime 1.14 and later; Split takes its sizes as an input up to opset 17
@@ -142,5 +143,5 @@ def build(ckpt: Checkpoint):
 def save(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write the step to ``path`` atomically; the path."""
     path = Path(path)
-    write_atomic(path, build(ckpt).SerializeToString())
+    write_file(path, build(ckpt).SerializeToString())
     return path

@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 from charrnn import __version__
-from charrnn.checkpoint import Checkpoint, write_atomic
+from charrnn.checkpoint import Checkpoint
+from charrnn.export import write_file
 from charrnn.export.fused import step_arrays
 
 FORMAT_MARKER = "charrnn-page"
@@ -97,5 +98,5 @@ def render(ckpt: Checkpoint, *, half: bool = False) -> str:
 def save(ckpt: Checkpoint, path: str | Path, *, half: bool = False) -> Path:
     """Write the page to ``path`` atomically; the path."""
     path = Path(path)
-    write_atomic(path, render(ckpt, half=half).encode("utf-8"))
+    write_file(path, render(ckpt, half=half).encode("utf-8"))
     return path

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from charrnn import __version__
-from charrnn.checkpoint import Checkpoint, write_atomic
+from charrnn.checkpoint import Checkpoint
 from charrnn.data import Vocab
 from charrnn.errors import CheckpointError, ConfigError
+from charrnn.export import write_file
 from charrnn.export.fused import halved
 from charrnn.model import ModelConfig, parameter_shapes
 
@@ -75,8 +76,8 @@ def save(ckpt: Checkpoint, path: str | Path, *, half: bool = False) -> list[Path
     text = json.dumps(config_of(ckpt, half), ensure_ascii=False, indent=1)
     payload = save_tensors(weights, metadata={"format": FORMAT_MARKER, METADATA_KEY: text})
     side = config_path(path)
-    write_atomic(path, payload)
-    write_atomic(side, (text + "\n").encode("utf-8", errors="surrogatepass"))
+    write_file(path, payload)
+    write_file(side, (text + "\n").encode("utf-8", errors="surrogatepass"))
     return [path, side]
 
 
