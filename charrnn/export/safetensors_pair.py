@@ -92,10 +92,11 @@ def load(path: str | Path) -> Checkpoint:
     bad = f"{path}: not a valid charrnn safetensors file"
     try:
         with safe_open(str(path), framework="pt") as archive:
-            metadata = archive.metadata() or {}
-            header = {name: archive.get_slice(name) for name in archive.keys()}
-            layout = {name: (tuple(s.get_shape()), s.get_dtype()) for name, s in header.items()}
-            ckpt = _checkpoint(path, metadata, layout, bad)
+            ckpt = _checkpoint(path, archive.metadata() or {}, bad)
+            names = archive.keys()
+            _check_count(names, ckpt.model_config, bad)  # before looking at each of a hostile file's names
+            layout = {name: archive.get_slice(name) for name in names}
+            _check_layout({k: (tuple(s.get_shape()), s.get_dtype()) for k, s in layout.items()}, ckpt.model_config, bad)
             for name in layout:
                 ckpt.weights[name] = archive.get_tensor(name).to(torch.float32)
     except CheckpointError:
@@ -109,8 +110,8 @@ def load(path: str | Path) -> Checkpoint:
     return ckpt
 
 
-def _checkpoint(path: Path, metadata: dict, layout: dict, bad: str) -> Checkpoint:
-    """Everything but the tensors' values: the config (beside or embedded) checked, then the layout."""
+def _checkpoint(path: Path, metadata: dict, bad: str) -> Checkpoint:
+    """The Checkpoint without its weights, from the config (beside, or embedded), checked."""
     embedded = metadata.get(METADATA_KEY)
     side = config_path(path)
     if side.is_file():
@@ -125,12 +126,10 @@ def _checkpoint(path: Path, metadata: dict, layout: dict, bad: str) -> Checkpoin
         config = _parse(path, embedded, bad)
     else:
         raise CheckpointError(f"{bad} (no config: {side.name} is missing beside it); export it with `charrnn export`")
-    model_config, vocab = config["model_config"], config["vocab"]
-    _check_layout(layout, model_config, bad)
     return Checkpoint(
         path=path,
-        model_config=model_config,
-        vocab=vocab,
+        model_config=config["model_config"],
+        vocab=config["vocab"],
         weights={},
         train_config=config["train_config"],
         corpus=config["corpus"],
@@ -222,13 +221,16 @@ def _plain(value) -> bool:
     return isinstance(value, _SCALARS)
 
 
+def _check_count(names: list, config: ModelConfig, bad: str) -> None:
+    expected = 4 * config.num_layers + 3  # embedding, 4 per layer, head weight and bias
+    if len(names) != expected:
+        raise CheckpointError(
+            f"{bad} (it holds {len(names)} tensors but a {config.num_layers}-layer model has {expected})"
+        )
+
+
 def _check_layout(layout: dict, config: ModelConfig, bad: str) -> None:
     """The tensors the header lists are exactly the model's, each with its shape and a float dtype."""
-    expected_count = 4 * config.num_layers + 3  # embedding, 4 per layer, head weight and bias
-    if len(layout) != expected_count:
-        raise CheckpointError(
-            f"{bad} (it holds {len(layout)} tensors but a {config.num_layers}-layer model has {expected_count})"
-        )
     expected = parameter_shapes(config)
     missing = sorted(set(expected) - set(layout))
     if missing:
