@@ -73,8 +73,10 @@ def save(ckpt: Checkpoint, path: str | Path, *, half: bool = False) -> list[Path
     weights = {k: v.detach().cpu().contiguous() for k, v in ckpt.weights.items()}
     if half:
         weights = halved(weights)
-    text = json.dumps(config_of(ckpt, half), ensure_ascii=False, indent=1)
-    payload = save_tensors(weights, metadata={"format": FORMAT_MARKER, METADATA_KEY: text})
+    config = config_of(ckpt, half)
+    text = json.dumps(config, ensure_ascii=False, indent=1)  # readable: the characters as themselves
+    embedded = json.dumps(config, ensure_ascii=True)  # any code point, even a lone surrogate, survives
+    payload = save_tensors(weights, metadata={"format": FORMAT_MARKER, METADATA_KEY: embedded})
     side = config_path(path)
     write_file(path, payload)
     write_file(side, (text + "\n").encode("utf-8", errors="surrogatepass"))
