@@ -37,6 +37,7 @@ def checkpoint(cell: str, num_layers: int = 2) -> Checkpoint:
     return Checkpoint(None, config, VOCAB, CharRNN(config).state_dict())
 
 
+@pytest.mark.slow  # 2 x 200 steps in both runtimes: about half a second each
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_onnxruntime_matches_pytorch_for_200_steps_at_any_batch_size(tmp_path, cell):
     ckpt = checkpoint(cell, num_layers=3 if cell == "rnn" else 2)
