@@ -131,6 +131,7 @@ def test_the_pages_greedy_text_is_charrnn_sample_argmax(browser, checkpoints, tm
         assert page.generate(prime) == expected
     last = page.page.evaluate("window.charrnnPage.last")
     assert last["n_chars"] == LENGTH and last["chars_per_s"] > 0
+    assert page.page.evaluate("window.charrnnPage.startup_ms") > 0  # shown as "Ready in ... s"
     assert page.errors == []
     page.close()
 
