@@ -126,13 +126,18 @@ def restore(
         ) from None
     model.load_state_dict(ckpt.weights)
     resume = ckpt.resume or {}
-    if "optimizer" in resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        for group in optimizer.param_groups:
-            # The saved groups carry the saving machine's kernel choice; this device decides.
-            group["fused"], group["foreach"] = optimizer.defaults["fused"], optimizer.defaults["foreach"]
-    if resume.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(resume["scaler"])
+    try:  # checkpoint.load validated these; torch's own checks are the second line of defence
+        if "optimizer" in resume:
+            optimizer.load_state_dict(resume["optimizer"])
+            for group in optimizer.param_groups:
+                # The saved groups carry the saving machine's kernel choice; this device decides.
+                group["fused"], group["foreach"] = optimizer.defaults["fused"], optimizer.defaults["foreach"]
+        if resume.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resume["scaler"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        where = f"{ckpt.path}: " if ckpt.path is not None else ""
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:150]
+        raise CheckpointError(f"{where}cannot resume: its optimizer state does not fit the model ({detail})") from None
 
     # 1. RNG: this process's own when the process count is the same, else a fresh stream per process.
     ranks = resume.get("ranks")
@@ -142,7 +147,11 @@ def restore(
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
+        try:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        except RuntimeError:
+            where = f"{ckpt.path}: " if ckpt.path is not None else ""
+            raise CheckpointError(f"{where}cannot resume: its CUDA generator state is not one torch accepts") from None
     if world_size > 1 and not exact:
         torch.manual_seed(train_config.seed + rank + 7919 * state.step)
 
@@ -151,7 +160,8 @@ def restore(
     same_layout = resume.get("world_size", 1) == world_size
     carried = None
     if saved and same_layout and saved[0].shape[1] == train_config.batch_size:
-        carried = tuple(s.to(device) for s in saved)
+        # float32, as a fresh state is: a bf16 or fp16 run saves its autocast dtype, which casts back exactly
+        carried = tuple(s.to(device=device, dtype=torch.float32) for s in saved)
     if state.batch >= steps_per_epoch or not same_layout:
         # The end of an epoch, or another data layout (another process count): start the next epoch cleanly.
         state.epoch += 1 if state.batch else 0

@@ -51,6 +51,9 @@ def _register() -> None:
     from charrnn.cli import visualize
 
     cli.add_command(visualize.visualize)
+    from charrnn.cli import serve
+
+    cli.add_command(serve.serve)
     from charrnn.cli import export
 
     cli.add_command(export.export_cmd)
