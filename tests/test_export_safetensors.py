@@ -33,7 +33,7 @@ def checkpoint(cell: str = "lstm", seed: int = 0) -> Checkpoint:
         VOCAB,
         weights,
         corpus={"name": "tiny.txt", "sha256": "0" * 64, "val_frac": 0.1, "path": None},
-        progress={"step": 3, "epoch": 0.5},
+        progress={"step": 3, "epoch": 0},
         history={"val_loss": [2.5, 2.1]},
         best_val_loss=2.1,
         resume={"optimizer": {}},
@@ -190,15 +190,23 @@ HOSTILE = {
     "an unsorted vocabulary": (lambda d: rewrite_config(d, lambda c: c.update(vocab=VOCAB[::-1])), r"not a sorted set"),
     "a nested corpus": (
         lambda d: rewrite_config(d, lambda c: c["corpus"].update(path={"x": 1})),
-        r"malformed 'corpus'",
+        r"corpus\.path: must be a string",
     ),
     "a history of strings": (
         lambda d: rewrite_config(d, lambda c: c["history"].update(val_loss=["x"])),
-        r"malformed 'history'",
+        r"history\.val_loss\[0\]: must be a number",
     ),
     "a string loss": (
         lambda d: rewrite_config(d, lambda c: c.update(best_val_loss="low")),
-        r"malformed 'best_val_loss'",
+        r"best_val_loss: must be a number",
+    ),
+    "a string duration": (
+        lambda d: rewrite_config(d, lambda c: c["progress"].update(elapsed="1h")),
+        r"progress\.elapsed: must be a number",
+    ),
+    "a negative character count": (
+        lambda d: rewrite_config(d, lambda c: c["corpus"].update(chars=-5)),
+        r"corpus\.chars: ",
     ),
     "a renamed tensor": (
         lambda d: rewrite_tensors(d, lambda t: t.update(extra=t.pop("head.bias"))),
@@ -214,7 +222,7 @@ HOSTILE = {
     ),
     "a NaN weight": (
         lambda d: rewrite_tensors(d, lambda t: t["head.weight"].view(-1).__setitem__(0, float("nan"))),
-        r"'head\.weight' holds NaN",
+        r"model\.head\.weight: holds NaN",
     ),
     "no config at all": (lambda d: _no_config(d), r"no config: m\.json is missing beside it"),
 }

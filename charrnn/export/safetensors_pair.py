@@ -8,9 +8,11 @@ progress, losses). The same JSON is embedded in the safetensors metadata (key ``
 the weights file alone is enough; when both are present they must agree on the model and vocabulary.
 
 ``load`` returns the ``Checkpoint`` every command runs on, without training state: ``--resume``
-refuses it, ``--init-from`` takes it. It treats the files as hostile: the JSON is size-capped and
-checked key by key, and the tensors' names, shapes and dtypes are checked against the config from the
-safetensors header before any tensor is read. docs/export.md describes both files.
+refuses it, ``--init-from`` takes it. It treats the files as hostile: the JSON is size-capped, its
+format, model config and vocabulary are checked first, the tensors' names, shapes and dtypes are
+checked against that config from the safetensors header before any tensor is read, and then the whole
+is validated by ``charrnn.checkpoint.from_dict``, the checks a .pt checkpoint gets (corpus, options,
+progress, history, losses, finite weights). docs/export.md describes both files.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from pathlib import Path
 import torch
 
 from charrnn import __version__
+from charrnn import checkpoint as ckpt_io
 from charrnn.checkpoint import Checkpoint
-from charrnn.data import Vocab
 from charrnn.errors import CheckpointError, ConfigError
 from charrnn.export import write_file
 from charrnn.export.fused import halved
@@ -35,7 +37,9 @@ FORMAT_VERSION = 1
 METADATA_KEY = "charrnn_config"
 MAX_JSON_BYTES = 64 << 20  # a vocabulary of a million characters and a long history fit easily
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_SCALARS = (str, int, float, bool, type(None))
+# What a checkpoint holds that the config carries too: all but the weights and the training state.
+_CARRIED = "model_config vocab train_config corpus progress history best_val_loss last_train_loss".split()
+_CARRIED += ["charrnn_version", "torch_version", "created"]
 
 
 def config_path(path: str | Path) -> Path:
@@ -94,26 +98,29 @@ def load(path: str | Path) -> Checkpoint:
     bad = f"{path}: not a valid charrnn safetensors file"
     try:
         with safe_open(str(path), framework="pt") as archive:
-            ckpt = _checkpoint(path, archive.metadata() or {}, bad)
+            config = _config(path, archive.metadata() or {}, bad)
+            model_config = ModelConfig.from_dict(config["model_config"])  # checked by _parse
             names = archive.keys()
-            _check_count(names, ckpt.model_config, bad)  # before looking at each of a hostile file's names
+            _check_count(names, model_config, bad)  # before looking at each of a hostile file's names
             layout = {name: archive.get_slice(name) for name in names}
-            _check_layout({k: (tuple(s.get_shape()), s.get_dtype()) for k, s in layout.items()}, ckpt.model_config, bad)
-            for name in layout:
-                ckpt.weights[name] = archive.get_tensor(name).to(torch.float32)
+            _check_layout({k: (tuple(s.get_shape()), s.get_dtype()) for k, s in layout.items()}, model_config, bad)
+            weights = {name: archive.get_tensor(name).to(torch.float32) for name in layout}
     except CheckpointError:
         raise
     except Exception as exc:  # safetensors' header and I/O errors, mmap failures on a truncated file
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"{bad} ({detail}); export it again with `charrnn export`") from None
-    for name, tensor in ckpt.weights.items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{bad} (weight {name!r} holds NaN or infinite values)")
-    return ckpt
+    # The rest is what a .pt checkpoint holds, less the training state: the same checks (the
+    # corpus, options, progress, history and losses; finite weights) by the same code.
+    data = {key: config[key] for key in _CARRIED if key in config}
+    data.update({ckpt_io.FORMAT_KEY: ckpt_io.FORMAT_MARKER, ckpt_io.VERSION_KEY: 1, "model": weights, "resume": None})
+    for key in ("train_config", "corpus", "progress", "history"):
+        data.setdefault(key, {})
+    return ckpt_io.from_dict(data, path)
 
 
-def _checkpoint(path: Path, metadata: dict, bad: str) -> Checkpoint:
-    """The Checkpoint without its weights, from the config (beside, or embedded), checked."""
+def _config(path: Path, metadata: dict, bad: str) -> dict:
+    """The JSON config (beside, or embedded), its format, model config and vocabulary checked."""
     embedded = metadata.get(METADATA_KEY)
     side = config_path(path)
     if side.is_file():
@@ -124,27 +131,10 @@ def _checkpoint(path: Path, metadata: dict, bad: str) -> Checkpoint:
                 raise CheckpointError(
                     f"{side} describes another model than {path} holds; export the pair again or remove {side.name}"
                 )
-    elif embedded is not None:
-        config = _parse(path, embedded, bad)
-    else:
-        raise CheckpointError(f"{bad} (no config: {side.name} is missing beside it); export it with `charrnn export`")
-    return Checkpoint(
-        path=path,
-        model_config=config["model_config"],
-        vocab=config["vocab"],
-        weights={},
-        train_config=config["train_config"],
-        corpus=config["corpus"],
-        progress=config["progress"],
-        history=config["history"],
-        best_val_loss=config["best_val_loss"],
-        last_train_loss=config["last_train_loss"],
-        resume=None,
-        charrnn_version=config["charrnn_version"],
-        torch_version=config["torch_version"],
-        created=config["created"],
-        version=config["version"],
-    )
+        return config
+    if embedded is not None:
+        return _parse(path, embedded, bad)
+    raise CheckpointError(f"{bad} (no config: {side.name} is missing beside it); export it with `charrnn export`")
 
 
 def _read_json(side: Path) -> str:
@@ -158,7 +148,8 @@ def _read_json(side: Path) -> str:
 
 
 def _parse(where: Path, text: str, bad: str) -> dict:
-    """The JSON config, every key checked; values normalised (ModelConfig, Vocab, plain dicts)."""
+    """The JSON config as a dict: its format, version, model config and vocabulary checked here, the
+    rest by ``charrnn.checkpoint.from_dict`` once the weights are read."""
     if len(text) > MAX_JSON_BYTES:
         raise CheckpointError(f"{bad} (its config is too large)")
     try:
@@ -189,38 +180,7 @@ def _parse(where: Path, text: str, bad: str) -> dict:
         raise CheckpointError(f"{bad} (the vocabulary does not have the model's {model_config.vocab_size} characters)")
     if "".join(sorted(set(vocab))) != vocab:
         raise CheckpointError(f"{bad} (vocabulary is not a sorted set of characters)")
-    out = {"version": version, "model_config": model_config, "vocab": Vocab(vocab)}
-    for key in ("corpus", "train_config", "progress"):
-        value = data.get(key, {})
-        if not isinstance(value, dict) or not all(_plain(v) for v in value.values()):
-            raise CheckpointError(f"{bad} (malformed {key!r})")
-        out[key] = value
-    history = data.get("history", {})
-    if not isinstance(history, dict) or not all(
-        isinstance(v, list) and all(_number(x) for x in v) for v in history.values()
-    ):
-        raise CheckpointError(f"{bad} (malformed 'history')")
-    out["history"] = history
-    for key in ("best_val_loss", "last_train_loss"):
-        value = data.get(key)
-        if value is not None and not _number(value):
-            raise CheckpointError(f"{bad} (malformed {key!r})")
-        out[key] = value
-    for key in ("charrnn_version", "torch_version", "created"):
-        value = data.get(key, "?")
-        out[key] = value if isinstance(value, str) else "?"
-    return out
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _plain(value) -> bool:
-    """A value ``inspect`` can show and ``eval`` can use: a scalar, or a flat list of scalars."""
-    if isinstance(value, list):
-        return all(isinstance(v, _SCALARS) for v in value)
-    return isinstance(value, _SCALARS)
+    return data
 
 
 def _check_count(names: list, config: ModelConfig, bad: str) -> None:
