@@ -81,7 +81,7 @@ def render(ckpt: Checkpoint, *, half: bool = False) -> str:
     about = [f"{cfg.vocab_size} characters", f"{sum(t.numel() for t in ckpt.weights.values()):,} parameters"]
     if isinstance(ckpt.best_val_loss, (int, float)):
         about.append(f"validation loss {ckpt.best_val_loss:.3f} nats/char")
-    about.append("float16 weights" if half else "float32 weights")
+    about.append("float16 matrices" if half else "float32 weights")
     about.append("runs in this page, offline")
     fills = {
         "VERSION": html.escape(__version__),
