@@ -32,6 +32,16 @@ FORMAT_VERSION = 1
 REQUIRED = ("model_config", "vocab", "model", "train_config", "corpus", "progress", "history")
 
 
+def vocab_entry(chars: str, step: int, date: str | None = None) -> dict:
+    """One entry of ``vocab_history``: characters added to the vocabulary, at which training step, and
+    when (ISO 8601 in UTC; None: now)."""
+    return {
+        "chars": chars,
+        "step": int(step),
+        "date": date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 @dataclass
 class Checkpoint:
     """A loaded (and validated) checkpoint. ``weights`` is the model's state dict (file key "model");
@@ -52,10 +62,15 @@ class Checkpoint:
     torch_version: str = str(torch.__version__)
     created: str = ""
     version: int = FORMAT_VERSION
+    # How the vocabulary grew: [{"chars", "step", "date"}], the original vocabulary first, then the
+    # characters each --extend-vocab fine-tune added. Empty: one entry, the whole vocabulary at step 0.
+    vocab_history: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.vocab, str):
             self.vocab = Vocab(self.vocab)
+        if not self.vocab_history:
+            self.vocab_history = [vocab_entry(self.vocab.chars, 0, self.created or None)]
 
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
         """A CharRNN with this checkpoint's weights, in eval mode, on ``device``."""
@@ -80,6 +95,7 @@ class Checkpoint:
             "best_val_loss": self.best_val_loss,
             "last_train_loss": self.last_train_loss,
             "resume": self.resume,
+            "vocab_history": [dict(entry) for entry in self.vocab_history],
         }
 
 
@@ -168,6 +184,7 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
         detail = " ".join(str(exc).split())  # one line, whatever a value's repr held
         raise CheckpointError(f"{bad} ({detail[:300]})") from None
     resume = data.get("resume")
+    history = data.get("vocab_history")  # missing in checkpoints from before charrnn 1.1; checked by the schema
     return Checkpoint(
         path=path,
         model_config=config,
@@ -184,4 +201,5 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
         torch_version=str(data.get("torch_version", "?")),
         created=str(data.get("created", "")),
         version=version,
+        vocab_history=[dict(entry) for entry in history] if history else [],
     )

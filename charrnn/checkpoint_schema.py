@@ -330,7 +330,7 @@ def validate(data: dict, required: tuple[str, ...]) -> ModelConfig:
     if data.get("resume") is not None:
         _resume(data["resume"], config, tensors)
     if "vocab_history" in data:
-        _vocab_history(data["vocab_history"])
+        _vocab_history(data["vocab_history"], vocab)
     known = set(required) | {"format", "version", "charrnn_version", "torch_version", "created"}
     known |= {"best_val_loss", "last_train_loss", "resume", "vocab_history"}
     for key, value in data.items():
@@ -422,8 +422,12 @@ def _history_list_fits(key: str, items: list) -> bool:
     return bool(ok.all())
 
 
-def _vocab_history(value: Any) -> None:
-    for i, entry in enumerate(listing(value, "vocab_history")):
+def _vocab_history(value: Any, vocab: str) -> None:
+    """Entries {"chars", "step", "date"} whose characters, taken together, are the vocabulary, each once."""
+    entries = listing(value, "vocab_history")
+    if not entries:
+        raise Invalid("vocab_history", "is empty; it lists at least the original vocabulary")
+    for i, entry in enumerate(entries):
         where = f"vocab_history[{i}]"
         record(entry, where)
         for key in ("chars", "step", "date"):
@@ -435,6 +439,8 @@ def _vocab_history(value: Any) -> None:
         for key, item in entry.items():
             if key not in ("chars", "step", "date"):
                 plain(item, f"{where}.{key}")
+    if "".join(sorted("".join(entry["chars"] for entry in entries))) != vocab:
+        raise Invalid("vocab_history", "does not add up to the vocabulary (each character once)")
 
 
 # -- the resume state ----------------------------------------------------------------------------

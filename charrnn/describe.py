@@ -48,4 +48,8 @@ def describe(ckpt: ckpt_io.Checkpoint) -> dict:
         },
         "history": _renamed(ckpt.history, HISTORY_KEYS),
         "resumable": ckpt.resume is not None,
+        "vocab_history": [
+            {**entry, "n_chars": len(entry["chars"]), "escaped": [escape_char(c) for c in entry["chars"]]}
+            for entry in ckpt.vocab_history
+        ],
     }

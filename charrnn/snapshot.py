@@ -44,12 +44,14 @@ def snapshot(
     state: TrainState,
     ranks: list[dict],
     device: torch.device,
+    vocab_history: list[dict] | None = None,
 ) -> Checkpoint:
     """The run as a Checkpoint (``path`` None; ``checkpoint.save`` writes it).
 
     ``model`` is the uncompiled, unwrapped module. ``ranks`` holds every process's ``rank_record``
     in rank order, this process's (rank 0's) first; with more than one it goes into resume.ranks,
-    so that a resume on as many processes gives each its own again.
+    so that a resume on as many processes gives each its own again. ``vocab_history`` is how the
+    vocabulary grew (None: it is the original one, as of now).
     """
     options = {**train_config.to_dict(), "device": str(device), "world_size": len(ranks)}
     resume = {
@@ -77,6 +79,7 @@ def snapshot(
         train_config=options,
         corpus=corpus_record,
         resume=resume,
+        vocab_history=list(vocab_history or []),
         **state.to_dict(),
     )
 

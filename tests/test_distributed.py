@@ -296,7 +296,7 @@ def test_cli_nproc_trains_through_the_launcher_stops_on_ctrl_c_and_resumes_in_on
     saved = ckpt_io.load(out / "last.pt")
     assert saved.progress["step"] == summary["steps"] and saved.train_config["world_size"] == 2
     assert saved.corpus["separator"] == "\n\n"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "cache", "last.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [".charrnn.lock", "best.pt", "cache", "last.pt"]
 
     from charrnn.cli import cli
 

@@ -461,11 +461,18 @@ def test_a_malformed_field_is_named(resumable, path, value, pattern):
 def test_unknown_keys_of_plain_data_and_a_valid_vocab_history_are_accepted(resumable):
     _, raw = resumable
     data = copy.deepcopy(raw)
-    data["vocab_history"] = [{"chars": "ab", "step": 0, "date": "2026-12-05T10:00:00+00:00"}]
+    first, last = data["vocab"][:-2], data["vocab"][-2:]
+    data["vocab_history"] = [
+        {"chars": first, "step": 0, "date": "2026-12-05T10:00:00+00:00"},
+        {"chars": last, "step": 40, "date": "2026-12-05T11:00:00+00:00"},
+    ]
     data["added_in_1_1"] = {"notes": ["plain", 1, 2.5, None, True]}
     data["progress"]["new_counter"] = 7
     ckpt = ckpt_io.from_dict(data, Path("m.pt"))
-    assert ckpt.progress["new_counter"] == 7
+    assert ckpt.progress["new_counter"] == 7 and [e["chars"] for e in ckpt.vocab_history] == [first, last]
+    data["vocab_history"] = [{"chars": first, "step": 0, "date": "2026-12-05T10:00:00+00:00"}]  # short of vocab
+    with pytest.raises(CheckpointError, match="vocab_history: does not add up to the vocabulary"):
+        ckpt_io.from_dict(data, Path("m.pt"))
 
 
 def test_a_carried_state_in_bf16_resumes_an_fp32_run(runner, tmp_path, resumable):

@@ -8,11 +8,12 @@ import click
 
 from charrnn.api import evaluate
 from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
+from charrnn.cli.score_lines import per_record
 
 
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("text", required=False, type=click.Path(path_type=Path))
+@click.argument("text", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams.")
 @click.option(
     "--seq-len",
@@ -24,15 +25,69 @@ from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
 @click.option("--encoding", default="utf-8", show_default=True)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def eval_cmd(checkpoint: Path, text: Path | None, batch_size, seq_len, encoding, device, as_json):
+@click.option(
+    "--per-line",
+    "per",
+    flag_value="line",
+    default=None,
+    help="Score every line of TEXT...: one JSON line each, in input order, as it is done.",
+)
+@click.option("--per-file", "per", flag_value="file", help="Score every file of TEXT...: one JSON line each.")
+@click.option(
+    "--top-surprises",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="K",
+    help="With --per-line/--per-file: also list each record's K most surprising characters and their positions.",
+)
+@click.option("--reset-each", is_flag=True, help="With --per-line/--per-file: start every record from a fresh state.")
+@click.option(
+    "--unknown",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="With --per-line/--per-file: characters outside the vocabulary are an error, or are skipped and counted.",
+)
+def eval_cmd(
+    checkpoint: Path,
+    text: tuple[Path, ...],
+    batch_size,
+    seq_len,
+    encoding,
+    device,
+    as_json,
+    per,
+    top_surprises,
+    reset_each,
+    unknown,
+):
     """Loss of CHECKPOINT on TEXT, or on the checkpoint's own validation split when TEXT is omitted.
 
     TEXT may be a file, a folder or a quoted glob, as for `charrnn train`. Every character is scored
     (no --eval-chars subset here). Without TEXT, the checkpoint's text is found again the way
     `charrnn train --resume` finds it, and the run's corpus cache next to CHECKPOINT is reused
     when it is still valid.
+
+    With --per-line (or --per-file), one JSON object per line (or file) of TEXT... goes to stdout as
+    soon as it is scored, with flat memory for any size; the hidden state carries from line to line
+    unless --reset-each. For example:
+
+    \b
+      charrnn eval out/best.pt poems.txt --per-line --top-surprises 3
+      charrnn eval out/best.pt logs/ --per-file --reset-each --unknown skip
     """
-    result = evaluate(checkpoint, text, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device)
+    if per is not None:
+        per_record(checkpoint, text, per, top_surprises, reset_each, unknown, encoding, device)
+        return
+    extra = [name for name, on in (("--top-surprises", top_surprises), ("--reset-each", reset_each)) if on]
+    extra += ["--unknown skip"] if unknown == "skip" else []
+    if extra:
+        raise click.UsageError(f"{extra[0]} needs --per-line or --per-file")
+    if len(text) > 1:
+        raise click.UsageError("one TEXT at a time without --per-line or --per-file")
+    result = evaluate(
+        checkpoint, text[0] if text else None, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device
+    )
     if as_json:
         echo_json(
             {

@@ -35,6 +35,17 @@ def _kv_table(title: str, rows) -> Table:
     return table
 
 
+def _vocab_history_rows(history: list[dict]) -> list[tuple[str, str]]:
+    """The vocabulary's history as table rows: the original characters, then each addition."""
+    if len(history) < 2:
+        return []
+    first, *added = history
+    rows = [("original", f"{first['n_chars']} characters, {first['date']}")]
+    for entry in added:
+        rows.append((f"added at step {entry['step']}", f"{' '.join(entry['escaped'])}  ({entry['date']})"))
+    return rows
+
+
 @click.command("inspect")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -76,6 +87,7 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
             [
                 ("size", info["vocab"]["n_chars"]),
                 ("characters", " ".join(info["vocab"]["escaped"])),
+                *_vocab_history_rows(info["vocab_history"]),
             ],
         )
     )
