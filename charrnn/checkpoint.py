@@ -128,9 +128,14 @@ def load(path: str | Path) -> Checkpoint:
     inside the file, with their checksums; a capped pickle), then read from the same open file with
     ``torch.load(weights_only=True)``, so a file holding pickled objects is refused, never run; then
     every field is validated (charrnn.checkpoint_schema) before anything is built from it. Tensors
-    are mapped to the CPU, so a checkpoint saved on a GPU opens anywhere.
+    are mapped to the CPU, so a checkpoint saved on a GPU opens anywhere. A ``.safetensors`` file is
+    the other format (``charrnn export``), read by ``charrnn.export.safetensors_pair``.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":
+        from charrnn.export import safetensors_pair  # imports this module: loaded on first use
+
+        return safetensors_pair.load(path)
     with checkpoint_archive.open_checked(path) as file:
         try:
             with warnings.catch_warnings():

@@ -55,6 +55,9 @@ def _register() -> None:
     from charrnn.cli import serve
 
     cli.add_command(serve.serve)
+    from charrnn.cli import export
+
+    cli.add_command(export.export_cmd)
 
 
 _register()
