@@ -54,8 +54,23 @@ def page(served):
         browser.close()
 
 
+BACKGROUNDS = "[...document.querySelectorAll('.sample .text span:not(.prime)')].map(s => s.style.background)"
+
+
 def backgrounds(page) -> list[str]:
-    return page.eval_on_selector_all(".sample .text span:not(.prime)", "spans => spans.map(s => s.style.background)")
+    return page.evaluate(f"() => {BACKGROUNDS}")
+
+
+def wait_for_backgrounds(page, want: list[str]) -> list[str]:
+    """The colours once the page has repainted to ``want`` (or Playwright's timeout); a busy machine
+    may take longer than any fixed pause."""
+    try:
+        page.wait_for_function(
+            f"JSON.stringify({BACKGROUNDS}) === {json.dumps(json.dumps(want, separators=(',', ':')))}"
+        )
+    except sync_api.TimeoutError:
+        pass  # the assertion below shows what the page has instead
+    return backgrounds(page)
 
 
 def test_generate_stream_stop_and_recolour(page, served):
@@ -109,8 +124,7 @@ def test_generate_stream_stop_and_recolour(page, served):
         f" !== {json.dumps(before)}"
     )
     page.select_option("#colour", "surprisal")
-    page.wait_for_timeout(200)
-    assert backgrounds(page) == by_surprisal  # switching back restores the same colours
+    assert wait_for_backgrounds(page, by_surprisal) == by_surprisal  # switching back restores the same colours
 
     page.hover(f"{first} span:nth-child(10)")
     tip = page.inner_text("#tip")
