@@ -21,6 +21,13 @@ def _renamed(record: dict, names: dict[str, str]) -> dict:
     return out
 
 
+def _marker(ckpt: ckpt_io.Checkpoint) -> str:
+    """What kind of file it came from: a charrnn checkpoint, or a safetensors pair (charrnn export)."""
+    if ckpt.path is not None and ckpt.path.suffix == ".safetensors":
+        return "safetensors"
+    return ckpt_io.FORMAT_MARKER
+
+
 def describe(ckpt: ckpt_io.Checkpoint) -> dict:
     """Everything ``inspect`` shows, as plain JSON-ready data."""
     cfg = ckpt.model_config
@@ -28,7 +35,7 @@ def describe(ckpt: ckpt_io.Checkpoint) -> dict:
     bits = lambda v: v / LN2 if isinstance(v, (int, float)) else None  # noqa: E731
     return {
         "path": str(ckpt.path),
-        "format": {"marker": ckpt_io.FORMAT_MARKER, "version": ckpt.version},
+        "format": {"marker": _marker(ckpt), "version": ckpt.version},
         "written_by": {"charrnn": ckpt.charrnn_version, "torch": ckpt.torch_version, "created": ckpt.created},
         "model": {**cfg.to_dict(), "parameters": params},
         "vocab": {

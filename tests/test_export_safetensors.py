@@ -263,7 +263,8 @@ def test_every_command_reads_the_pair_and_exits_3_on_a_bad_one(runner, tmp_path)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == charrnn.load(path, device="cpu").sample(20, prime="the ", argmax=True) + "\n"
     result = runner.invoke(cli, ["inspect", str(path), "--json"])
-    assert result.exit_code == 0 and json.loads(result.stdout)["resumable"] is False
+    info = json.loads(result.stdout)
+    assert result.exit_code == 0 and info["resumable"] is False and info["format"]["marker"] == "safetensors"
     truncate(tmp_path)
     for command in (
         ["sample", str(path)],
