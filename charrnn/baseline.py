@@ -58,36 +58,58 @@ class BaselineResult(Loss):
         }
 
 
+def _split(ckpt: ckpt_io.Checkpoint, encoding: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The checkpoint's (training, validation) ids, its text found again, and the text's name."""
+    from charrnn.run import checkpoint_corpus  # run imports the API, which imports the trainer
+
+    cache = Path(ckpt.path).parent / "cache" if ckpt.path is not None else None
+    corpus, _ = checkpoint_corpus(
+        ckpt, encoding=encoding, cache_dir=cache if cache is not None and cache.is_dir() else None
+    )
+    train_ids, val_ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
+    return np.asarray(train_ids), np.asarray(val_ids), corpus.name
+
+
+def _read(ckpt: ckpt_io.Checkpoint, text: str | Path, encoding: str) -> np.ndarray:
+    from charrnn.run import read_corpus
+
+    return np.asarray(read_corpus(text, encoding=encoding, vocab=ckpt.vocab)[0].ids)
+
+
+def eval_text(
+    ckpt: ckpt_io.Checkpoint, text: str | Path | None = None, *, encoding: str = "utf-8"
+) -> tuple[np.ndarray, str]:
+    """The ids of ``text`` (a file, folder or glob), else of the checkpoint's validation split, in
+    its vocabulary, and what to call them."""
+    if text is not None:
+        return _read(ckpt, text, encoding), str(text)
+    _, val_ids, name = _split(ckpt, encoding)
+    return val_ids, f"validation split of {name}"
+
+
+def fit_text(
+    ckpt: ckpt_io.Checkpoint, text: str | Path | None = None, *, encoding: str = "utf-8"
+) -> tuple[np.ndarray, str]:
+    """The ids of ``text``, else of the checkpoint's training split, in its vocabulary, and what to
+    call them."""
+    if text is not None:
+        return _read(ckpt, text, encoding), str(text)
+    train_ids, _, name = _split(ckpt, encoding)
+    return train_ids, f"training split of {name}"
+
+
 def checkpoint_texts(
     ckpt: ckpt_io.Checkpoint,
     text: str | Path | None = None,
-    fit_text: str | Path | None = None,
+    fit: str | Path | None = None,
     *,
     encoding: str = "utf-8",
 ) -> Texts:
     """The text to score (``text``, else the checkpoint's validation split) and the text to fit on
-    (``fit_text``, else its training split), both encoded with the checkpoint's vocabulary."""
-    from charrnn.run import checkpoint_corpus, read_corpus  # run imports the API, which imports the trainer
-
-    train_ids = val_ids = None
-    name = ""
-    if text is None or fit_text is None:
-        cache = Path(ckpt.path).parent / "cache" if ckpt.path is not None else None
-        corpus, _ = checkpoint_corpus(
-            ckpt, encoding=encoding, cache_dir=cache if cache is not None and cache.is_dir() else None
-        )
-        train_ids, val_ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
-        name = corpus.name
-    if text is None:
-        eval_ids, eval_what = val_ids, f"validation split of {name}"
-    else:
-        eval_ids, eval_what = read_corpus(text, encoding=encoding, vocab=ckpt.vocab)[0].ids, str(text)
-    if fit_text is None:
-        fit_ids, fit_what = train_ids, f"training split of {name}"
-    else:
-        fit_ids, fit_what = read_corpus(fit_text, encoding=encoding, vocab=ckpt.vocab)[0].ids, str(fit_text)
-    assert fit_ids is not None and eval_ids is not None, "one of the branches above set each"
-    return Texts(np.asarray(fit_ids), fit_what, np.asarray(eval_ids), eval_what)
+    (``fit``, else its training split), both encoded with the checkpoint's vocabulary."""
+    eval_ids, eval_what = eval_text(ckpt, text, encoding=encoding)
+    fit_ids, fit_what = fit_text(ckpt, fit, encoding=encoding)
+    return Texts(fit_ids, fit_what, eval_ids, eval_what)
 
 
 def scored_positions(n: int, batch_size: int, seq_len: int) -> np.ndarray:
@@ -121,13 +143,14 @@ def evaluate_baseline(
     checkpoint: str | Path,
     text: str | Path | None,
     order: int,
-    fit_text: str | Path | None = None,
+    fit: str | Path | None = None,
     *,
     batch_size: int = 32,
     seq_len: int = 256,
     encoding: str = "utf-8",
 ) -> BaselineResult:
-    """``ngram_baseline`` for the text ``charrnn.evaluate(checkpoint, text, ...)`` scores."""
+    """``ngram_baseline`` for the text ``charrnn.evaluate(checkpoint, text, ...)`` scores, fitted on
+    ``fit`` or the checkpoint's training split."""
     ckpt = ckpt_io.load(checkpoint)
-    texts = checkpoint_texts(ckpt, text, fit_text, encoding=encoding)
+    texts = checkpoint_texts(ckpt, text, fit, encoding=encoding)
     return ngram_baseline(texts, order, len(ckpt.vocab), batch_size=batch_size, seq_len=seq_len)

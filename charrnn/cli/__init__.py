@@ -51,6 +51,9 @@ def _register() -> None:
     from charrnn.cli import visualize
 
     cli.add_command(visualize.visualize)
+    from charrnn.cli.analyze import analyze
+
+    cli.add_command(analyze)
 
 
 _register()
