@@ -114,8 +114,8 @@ def gradflow(checkpoints, text_path, steps, positions, warmup, seed, max_chars, 
         _, ids, what = _encoded(ckpt, text_path, max_chars, encoding)
         model = ckpt.build_model(resolve_device(device))
         cfg = ckpt.model_config
-        err.print(f"[dim]{path}: {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size} on {what}")
         flows.append((str(path), gradient_flow(model, ids, steps=steps, positions=positions, warmup=warmup, seed=seed)))
+        err.print(f"[dim]{path}: {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size} on {what}")
         texts.append(what)
     if as_json:
         echo_json(
