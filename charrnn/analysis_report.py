@@ -25,6 +25,17 @@ def _log_ticks(lo: float, hi: float) -> list[int]:
     return list(range(math.floor(lo), math.ceil(hi) + 1))
 
 
+def _k_ticks(steps: int) -> list[int]:
+    """0 and multiples of a round step (1, 2 or 5 times a power of ten) up to ``steps``: at most 7."""
+    unit = 1
+    for power in range(12):
+        for m in (1, 2, 5):
+            unit = m * 10**power
+            if steps // unit <= 6:
+                return list(range(0, steps + 1, unit))
+    return [0, steps]
+
+
 def gradflow_svg(flows: list[tuple[str, GradientFlow]], width: int = 760, height: int = 380) -> str:
     """The chart: x = k (steps back), y = log10 of the mean gradient norm; solid h, dotted c."""
     left, right, top, bottom = 64, 16, 16, 44
@@ -56,7 +67,7 @@ def gradflow_svg(flows: list[tuple[str, GradientFlow]], width: int = 760, height
             y = top + (hi - tick) / (hi - lo) * span_y
             out.append(f'<path d="M{left} {y:.1f}h{span_x}" stroke="#eee" />')
             out.append(f"<text x={left - 6} y={y + 3:.1f} text-anchor=end>1e{tick}</text>")
-    for k in sorted({0, steps // 4, steps // 2, 3 * steps // 4, steps}):
+    for k in _k_ticks(steps):
         x = left + k / steps * span_x
         out.append(f"<text x={x:.1f} y={top + span_y + 14} text-anchor=middle>{k}</text>")
     out.append(

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import one_line_error, usage_error
 from test_json import validate
 
 from charrnn.cli import cli
+from conftest import one_line_error, usage_error
 
 pytestmark = pytest.mark.slow  # the shared tiny trained run
 

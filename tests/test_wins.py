@@ -16,7 +16,7 @@ from charrnn.wins import char_class, compare, model_predictions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TEXT = "KING:\nThe (cat) sat, on [the] mat; 'twas \"3\" {cats}!\n\nQUEEN:\nA <dog> \t 42 dogs.\n" * 6
+TEXT = 'KING:\nThe (cat) sat, on [the] mat; \'twas "3" {cats}!\n\nQUEEN:\nA <dog> \t 42 dogs.\n' * 6
 VOCAB = Vocab.from_text(TEXT)
 
 
