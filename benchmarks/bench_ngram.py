@@ -8,7 +8,7 @@ A repeated text holds fewer distinct n-grams than a real novel of that length, s
 measures the worst case, --size characters drawn uniformly at random from the same vocabulary
 (almost every n-gram of order 5 or more distinct). Each case: ``NGram.fit`` on the whole text, then
 ``log_probs`` on its last --score-chars characters (the size of a 10% validation split); the time
-of each (best of --repeats) and the peak resident memory of the process above what it held before
+of each (best of --repeats; wall-clock, and CPU time, which a loaded machine inflates less) and the peak resident memory of the process above what it held before
 (VmHWM, reset between phases), with the loss (in-sample: a timing run, not a quality figure).
 """
 
@@ -29,7 +29,7 @@ from charrnn.ngram import NGram
 
 def case(name: str, ids: np.ndarray, vocab_size: int, order: int, score_chars: int, repeats: int) -> dict:
     print(f"{name}: {len(ids):,} characters, order {order}", file=sys.stderr)
-    fit_s, score_s = [], []
+    fit_s, score_s, fit_cpu_s, score_cpu_s = [], [], [], []
     peak_fit = peak_score = 0.0
     loss = float("nan")
     n_grams: list[int] = []
@@ -37,15 +37,17 @@ def case(name: str, ids: np.ndarray, vocab_size: int, order: int, score_chars: i
     for _ in range(repeats):
         common.reset_peak_rss()
         before = common.rss_mb() or 0.0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model = NGram.fit(ids, order, vocab_size)
         fit_s.append(time.perf_counter() - t0)
+        fit_cpu_s.append(time.process_time() - c0)
         peak_fit = max(peak_fit, (common.peak_rss_mb() or 0.0) - before)
         common.reset_peak_rss()
         before = common.rss_mb() or 0.0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         log_p = model.log_probs(ids[-score_chars:])
         score_s.append(time.perf_counter() - t0)
+        score_cpu_s.append(time.process_time() - c0)
         peak_score = max(peak_score, (common.peak_rss_mb() or 0.0) - before)
         loss = float(-log_p[1:].mean())
         n_grams, nbytes = model.n_grams, model.nbytes
@@ -58,6 +60,8 @@ def case(name: str, ids: np.ndarray, vocab_size: int, order: int, score_chars: i
         "score_chars": score_chars,
         "fit_s": fit_s,
         "score_s": score_s,
+        "fit_cpu_s": fit_cpu_s,
+        "score_cpu_s": score_cpu_s,
         "fit_peak_rss_mb": round(peak_fit, 1),
         "score_peak_rss_mb": round(peak_score, 1),
         "table_mb": round(nbytes / 2**20, 1),

@@ -26,7 +26,8 @@ seen only at the end of the text) hands the whole mass to p_{k-1}. The discounts
 order's counts of counts, D_kc = c - (c + 1) Y n_{c+1} / n_c with Y = n_1 / (n_1 + 2 n_2).
 
 Memory: per order, one key (4 or 8 bytes) and one count (4 bytes) per distinct k-gram, and a total
-and a gamma (4 + 8 bytes) per distinct (k-1)-gram. ``benchmarks/bench_ngram.py`` measures the time
+and a gamma (4 + 8 bytes) per distinct (k-1)-gram; each order's table is built as soon as its
+counts are known, so counting holds the finished tables plus a few arrays of the text's length. ``benchmarks/bench_ngram.py`` measures the time
 and peak memory of fitting and scoring a 20-gram (docs/performance.md). No I/O and no printing here.
 """
 
@@ -128,8 +129,8 @@ class NGram:
         v = vocab_size
         prev = np.zeros(len(x), dtype=np.int64)  # id of the (k-1)-gram ending at each position; -1: none
         n_prev = 1  # distinct (k-1)-grams (one empty 0-gram)
-        tables: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, raw counts) per order
-        continuation: list[np.ndarray] = []  # for orders 1 .. order-1: distinct left extensions
+        orders: list[_Order] = []
+        waiting: tuple[np.ndarray, int] | None = None  # order k-1's keys and contexts, until its counts are known
         for k in range(1, order + 1):
             start = k - 1  # the first position a k-gram ends at
             if start >= len(x):
@@ -137,21 +138,24 @@ class NGram:
             else:
                 context = prev[start - 1 : -1] if k > 1 else prev[start:]
                 keys, first, inverse = np.unique(context * v + x[start:], return_index=True, return_inverse=True)
-            counts = np.bincount(inverse, minlength=len(keys))
-            if k > 1:
-                # Each distinct k-gram adds one left extension to its last k-1 characters, the
-                # (k-1)-gram ending where it ends.
-                suffix = prev[start + first]
-                continuation.append(np.bincount(suffix, minlength=n_prev))
-            tables.append((keys.astype(_key_dtype(n_prev, v)), counts))
-            ids_k = np.full(len(x), -1, dtype=np.int64)
-            ids_k[start:] = inverse
-            prev, n_prev = ids_k, len(keys)
-        orders = []
-        for k, (keys, raw) in enumerate(tables, 1):
-            counts = raw if k == order else continuation[k - 1]
-            n_contexts = 1 if k == 1 else len(tables[k - 2][0])
-            orders.append(cls._table(keys, counts.astype(np.int32), n_contexts, v))
+                del context
+            if waiting is not None:
+                # Order k-1's continuation counts: each distinct k-gram adds one left extension to its
+                # last k-1 characters, the (k-1)-gram ending where it ends. Its table is then complete,
+                # so it is built now and only the finished tables stay in memory.
+                continuation = np.bincount(prev[start + first], minlength=n_prev).astype(np.int32)
+                orders.append(cls._table(waiting[0], continuation, waiting[1], v))
+            del first
+            waiting = keys.astype(_key_dtype(n_prev, v)), n_prev
+            if k == order:  # the top order keeps raw counts
+                orders.append(
+                    cls._table(waiting[0], np.bincount(inverse, minlength=len(keys)).astype(np.int32), n_prev, v)
+                )
+                break
+            prev = np.full(len(x), -1, dtype=np.int64)
+            prev[start:] = inverse
+            n_prev = len(keys)
+            del inverse, keys
         return cls(order, v, orders, len(x))
 
     @staticmethod
@@ -166,7 +170,7 @@ class NGram:
         kept += (counts >= 3) * discounts[2]
         mass = np.bincount(context, weights=kept, minlength=n_contexts)
         gamma = np.divide(mass, total, out=np.zeros(n_contexts), where=total > 0)
-        return _Order(keys, counts, total.astype(np.int64), gamma, discounts)
+        return _Order(keys, counts, total.astype(np.int32), gamma, discounts)
 
     def log_probs(self, ids: np.ndarray) -> np.ndarray:
         """ln p(ids[..., t] | ids[..., :t]) for ids (T,) or (R, T): each row is a text of its own,
