@@ -12,6 +12,7 @@ Each shows tables in the terminal (stdout), one JSON object with ``--json``, or 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import click
@@ -41,6 +42,16 @@ SPARK_WIDTH = 32
 def analyze() -> None:
     """The lecture's and the paper's analyses on your own models: gradient flow through time, and
     where an RNN beats an n-gram (docs/analysis.md)."""
+
+
+def _check_writable(path: Path | None) -> None:
+    """Fail before the work, not after it, if the --html page cannot be written."""
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK) or path.is_dir():
+        why = "no such folder" if not folder.is_dir() else "a folder" if path.is_dir() else "not writable"
+        raise OutputError(f"cannot write {path} ({why}); choose a writable path for --html")
 
 
 def _write(path: Path, page: str) -> None:
@@ -107,6 +118,7 @@ def gradflow(checkpoints, text_path, steps, positions, warmup, seed, max_chars, 
     charrnn analyze gradflow runs/rnn/best.pt runs/gru/best.pt runs/lstm/best.pt --html flow.html
     """
     err = stderr_console()
+    _check_writable(html_path)
     loaded = [ckpt_io.load(path) for path in checkpoints]  # every checkpoint checked before any work
     flows: list[tuple[str, GradientFlow]] = []
     texts = []
@@ -275,6 +287,7 @@ def wins(checkpoint, text, baseline, baseline_text, top_chars, max_chars, show, 
         order = parse_baseline(baseline)
     except Exception as exc:  # a CharRNNError: a usage error here, as for charrnn eval
         raise click.BadParameter(str(exc), param_hint="'--baseline'") from None
+    _check_writable(html_path)
     ckpt = ckpt_io.load(checkpoint)
     string, ids, what = _encoded(ckpt, text, max_chars, encoding)
     if len(ids) < 2:
