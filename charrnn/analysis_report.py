@@ -62,8 +62,10 @@ def gradflow_svg(flows: list[tuple[str, GradientFlow]], width: int = 760, height
         "<title>mean gradient norm of the loss with respect to the state k steps back</title>",
         f'<path d="M{left} {top}V{top + span_y}H{left + span_x}" stroke="#888" fill=none />',
     ]
-    for tick in _log_ticks(lo, hi):
-        if lo <= tick <= hi:
+    ticks = [tick for tick in _log_ticks(lo, hi) if lo <= tick <= hi]
+    every = 1 if len(ticks) <= 12 else 2 if len(ticks) <= 24 else 5  # a label per decade, or fewer
+    for tick in ticks:
+        if tick % every == 0:
             y = top + (hi - tick) / (hi - lo) * span_y
             out.append(f'<path d="M{left} {y:.1f}h{span_x}" stroke="#eee" />')
             out.append(f"<text x={left - 6} y={y + 3:.1f} text-anchor=end>1e{tick}</text>")
