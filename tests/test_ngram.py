@@ -96,7 +96,7 @@ def test_log_probs_match_a_dict_based_kneser_ney(order):
     np.testing.assert_allclose(model.log_probs(test), expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("order", [1, 2, 3, 6, 20])
+@pytest.mark.parametrize("order", [1, 2, 3, 6, pytest.param(20, marks=pytest.mark.slow)])
 def test_the_probabilities_sum_to_one_over_the_vocabulary_at_every_position(order):
     rng = np.random.default_rng(0)
     train = rng.choice(5, size=2000, p=[0.5, 0.2, 0.15, 0.1, 0.05])
@@ -117,6 +117,7 @@ def test_a_text_shorter_than_the_order_still_gives_a_distribution():
         assert model.distribution(np.array(context)).sum() == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.slow  # 240,000 symbols drawn one at a time
 @pytest.mark.parametrize("memory", [1, 2])
 def test_a_markov_source_s_entropy_rate_is_approached_by_the_matching_order(memory):
     """A source whose next symbol depends on the last ``memory`` symbols: the (memory+1)-gram, which
