@@ -15,7 +15,14 @@ the streams, timed after the first character (set-up and the prime are not count
 take turns within each repetition so drift hits all alike. With --device cuda everything runs on the
 GPU (there "step" is the graph of "step-blas"'s kernels: oneDNN is CPU-only), each character's timestamp
 is taken after torch.cuda.synchronize(), as a sampler that prints every character must wait for it,
-and peak memory is torch.cuda.max_memory_allocated. Usage: python benchmarks/bench_sample.py --help
+and peak memory is torch.cuda.max_memory_allocated.
+
+--prime-chars N also times priming (issue 15): a random prime of N characters read by
+charrnn.sample.run_prime (whole-sequence passes, as `charrnn sample --prime-file` does) on the torch
+threads `charrnn sample` runs one stream with (and with --prime-all-threads on all of torch's), against
+the fused one-character step reading the first --prime-step-chars of it one character at a time (its
+rate extrapolated to N), all in the same run.
+Usage: python benchmarks/bench_sample.py --help
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import common
 from charrnn.data import Vocab
 from charrnn.inference import StepModel
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import Draw, generate
+from charrnn.sample import Draw, generate, run_prime
 from charrnn.threads import sampling_threads, torch_threads
 
 METHODS = ("naive", "step-blas", "step", "generate")
@@ -97,6 +104,47 @@ def mixed_pools(model: CharRNN, length: int, repeats: int) -> dict:
     }
 
 
+@torch.no_grad()
+def prime_times(model: CharRNN, chars: int, step_chars: int, repeats: int, all_threads: bool) -> dict:
+    """Seconds to read a random prime of ``chars`` characters: run_prime on the torch threads `charrnn
+    sample` gives one stream (one, when numpy's BLAS has several) and, with ``all_threads``, on all of
+    torch's; and the one-character step over ``step_chars`` of them, extrapolated to ``chars``."""
+    device = device_of(model)
+    rng = torch.Generator().manual_seed(1)
+    ids = torch.randint(model.config.vocab_size, (chars,), generator=rng).tolist()
+    own = sampling_threads(1, device)
+    stepper = StepModel(model)
+    out: dict = {
+        "prime_chars": chars,
+        "torch_threads": own or torch.get_num_threads(),
+        "all_torch_threads": torch.get_num_threads(),
+        "step_chars": min(step_chars, chars),
+    }
+    runs = {"run_prime": own} | ({"run_prime_all_threads": None} if all_threads else {})
+    timings: dict[str, list[float]] = {key: [] for key in [*runs, "step"]}
+    with torch_threads(own):
+        run_prime(model, ids[:1000], 1)  # warm-up: the kernels' first-use set-up
+    for _ in range(repeats):
+        for key, threads in runs.items():
+            with torch_threads(threads):
+                t0 = common.stamp(device)
+                logits, _ = run_prime(model, ids, 1)
+                logits.sum().item()
+                timings[key].append(common.stamp(device) - t0)
+        with torch_threads(own):
+            step = stepper.runner(1)
+            state = stepper.init_state(1)
+            t0 = common.stamp(device)
+            for i in ids[: out["step_chars"]]:
+                logits, state = step(torch.tensor([i], device=device), state)
+            logits.sum().item()
+            timings["step"].append((common.stamp(device) - t0) * chars / out["step_chars"])
+    for key, values in timings.items():
+        out[key] = {"s": common.median(values), "reps_s": values, "chars_per_s": chars / common.median(values)}
+    out["step_over_run_prime"] = out["step"]["s"] / out["run_prime"]["s"]
+    return out
+
+
 def rate(times: list[float], streams: int) -> float:
     """Characters per second over all streams, from the first timestamp to the last."""
     return (len(times) - 1) * streams / (times[-1] - times[0])
@@ -157,6 +205,23 @@ def parse_args(argv=None):
         help="Also time one stream's step through numpy's BLAS with torch on its own threads too "
         "(the combination charrnn avoids) against torch on one thread, for CHARS characters (0: skip).",
     )
+    parser.add_argument(
+        "--prime-chars", type=int, default=0, metavar="N", help="Also time reading a prime of N characters (0: skip)."
+    )
+    parser.add_argument(
+        "--prime-step-chars",
+        type=int,
+        default=2000,
+        help="Characters the one-character step reads for the prime comparison (its rate is extrapolated).",
+    )
+    parser.add_argument(
+        "--prime-all-threads",
+        action="store_true",
+        help="Also time run_prime on all of torch's threads (charrnn sample uses one for one stream).",
+    )
+    parser.add_argument(
+        "--prime-only", action="store_true", help="Only the prime timing (with --prime-chars): no throughput table."
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help=common.json_help())
     parser.add_argument("--quick", action="store_true", help=f"Smoke run in seconds: {QUICK}.")
     args = parser.parse_args(argv)
@@ -207,7 +272,7 @@ def main(argv=None) -> None:
     )
 
     results = []
-    for streams in args.streams:
+    for streams in [] if args.prime_only else args.streams:
         # charrnn's own methods run with the threads `charrnn sample` gives them; the others as they are.
         own_threads = sampling_threads(streams, device)
         threads = {m: own_threads if m in ("step", "generate") else None for m in METHODS}
@@ -256,6 +321,11 @@ def main(argv=None) -> None:
         results.append(row)
 
     mixed = mixed_pools(model, args.mixed_pools, args.repeats) if args.mixed_pools and device.type == "cpu" else None
+    prime = (
+        prime_times(model, args.prime_chars, args.prime_step_chars, args.repeats, args.prime_all_threads)
+        if args.prime_chars
+        else None
+    )
 
     bound = None
     if args.bandwidth_mb:
@@ -299,7 +369,8 @@ def main(argv=None) -> None:
     title = f"sampling throughput, {name} on {device}, median of {args.repeats}" + (
         " (QUICK: noisy smoke run)" if args.quick else ""
     )
-    common.print_table(title, columns, rows)
+    if rows:
+        common.print_table(title, columns, rows)
     print(
         "ch/s = characters per second over all streams; target (issue 3) applies to generate with a 2x512 LSTM;\n"
         "gen overhead = how much slower generate() is than the bare step loop; spread = (max - min) / median of\n"
@@ -318,10 +389,26 @@ def main(argv=None) -> None:
             f"{bound['copy_bandwidth_gb_s']:.1f} GB/s (large-copy read+write) = ~{bound['one_stream_chars_per_s']:,.0f} chars/s; "
             "weights that fit in cache can beat it."
         )
+    if prime:
+        also = (
+            f", {prime['run_prime_all_threads']['s']:.2f} s on {prime['all_torch_threads']}"
+            if "run_prime_all_threads" in prime
+            else ""
+        )
+        print(
+            f"prime of {prime['prime_chars']:,} characters, {name}: run_prime {prime['run_prime']['s']:.2f} s on "
+            f"{prime['torch_threads']} torch thread(s) ({prime['run_prime']['chars_per_s']:,.0f} ch/s){also}; "
+            f"one character at a time {prime['step']['s']:.2f} s (from {prime['step_chars']:,} characters) = "
+            f"{prime['step_over_run_prime']:.1f}x slower (median of {args.repeats})."
+        )
     if args.json:
         options = {k: v for k, v in vars(args).items()}
         path = common.write_json(
-            args.json, "sample", info, options, {"rows": results, "bandwidth_bound": bound, "mixed_pools": mixed}
+            args.json,
+            "sample",
+            info,
+            options,
+            {"rows": results, "bandwidth_bound": bound, "mixed_pools": mixed, "prime": prime},
         )
         print(f"wrote {path}", file=sys.stderr)
 

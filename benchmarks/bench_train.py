@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import common
-from charrnn.cli.common import stderr_console
 from charrnn.cli.progress import Progress
 from charrnn.corpus import default_corpus_path, read_text
 from charrnn.data import Corpus, split
@@ -180,7 +179,7 @@ class CharrnnLoop:
         dtype: str = "fp32",
     ):
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-train-")
-        self.progress = Progress(stderr_console(), quiet=not progress_bar)
+        self.progress = Progress(quiet=not progress_bar)
         self.timer = Timer(self.progress, torch.device(device))
         model_config = ModelConfig(
             vocab_size=len(corpus.vocab),

@@ -21,6 +21,8 @@ from charrnn.errors import (  # noqa: E402
     OutputError,
 )
 from charrnn.run import train  # noqa: E402
+from charrnn.sample import Beam  # noqa: E402
+from charrnn.scoring import RecordScore, Surprise  # noqa: E402
 from charrnn.trainer import Callback, EvalInfo, StepInfo, TrainResult  # noqa: E402
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
     "load",
     "Model",
     "Score",
+    "Beam",
+    "RecordScore",
+    "Surprise",
     "train",
     "TrainResult",
     "Callback",

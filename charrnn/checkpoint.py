@@ -12,32 +12,34 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from charrnn import __version__
+from charrnn import __version__, checkpoint_archive, checkpoint_schema
 from charrnn.data import Vocab
-from charrnn.errors import CheckpointError, ConfigError, OutputError, option
+from charrnn.errors import CheckpointError, OutputError, option
 from charrnn.fsio import replace_atomic
-from charrnn.model import CharRNN, ModelConfig, parameter_shapes
+from charrnn.model import CharRNN, ModelConfig
 
 FORMAT_KEY = "format"
 FORMAT_MARKER = "charrnn-checkpoint"
 VERSION_KEY = "version"
 FORMAT_VERSION = 1
 
-_REQUIRED = {
-    "model_config": dict,
-    "vocab": str,
-    "model": dict,
-    "train_config": dict,
-    "corpus": dict,
-    "progress": dict,
-    "history": dict,
-}
+# The keys every checkpoint has; charrnn.checkpoint_schema checks them and the optional ones.
+REQUIRED = ("model_config", "vocab", "model", "train_config", "corpus", "progress", "history")
+
+
+def vocab_entry(chars: str, step: int, date: str | None = None) -> dict:
+    """One entry of ``vocab_history``: characters added to the vocabulary, at which training step, and
+    when (ISO 8601 in UTC; None: now)."""
+    return {
+        "chars": chars,
+        "step": int(step),
+        "date": date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 @dataclass
@@ -60,10 +62,15 @@ class Checkpoint:
     torch_version: str = str(torch.__version__)
     created: str = ""
     version: int = FORMAT_VERSION
+    # How the vocabulary grew: [{"chars", "step", "date"}], the original vocabulary first, then the
+    # characters each --extend-vocab fine-tune added. Empty: one entry, the whole vocabulary at step 0.
+    vocab_history: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.vocab, str):
             self.vocab = Vocab(self.vocab)
+        if not self.vocab_history:
+            self.vocab_history = [vocab_entry(self.vocab.chars, 0, self.created or None)]
 
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
         """A CharRNN with this checkpoint's weights, in eval mode, on ``device``."""
@@ -88,6 +95,7 @@ class Checkpoint:
             "best_val_loss": self.best_val_loss,
             "last_train_loss": self.last_train_loss,
             "resume": self.resume,
+            "vocab_history": [dict(entry) for entry in self.vocab_history],
         }
 
 
@@ -116,50 +124,38 @@ def write_atomic(path: Path, payload) -> None:
 def load(path: str | Path) -> Checkpoint:
     """Open and validate a checkpoint; CheckpointError (one line, naming the path) for anything wrong.
 
-    Uses ``torch.load(weights_only=True)`` so a file holding pickled objects is refused, never run.
-    Tensors are mapped to the CPU, so a checkpoint saved on a GPU opens anywhere.
+    The archive is checked first (charrnn.checkpoint_archive: only torch.save's records, each once,
+    inside the file, with their checksums; a capped pickle), then read from the same open file with
+    ``torch.load(weights_only=True)``, so a file holding pickled objects is refused, never run; then
+    every field is validated (charrnn.checkpoint_schema) before anything is built from it. Tensors
+    are mapped to the CPU, so a checkpoint saved on a GPU opens anywhere.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint; train one with `charrnn train` or pass its path")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / 'best.pt'}")
-    _check_archive(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; we refuse them anyway
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files: pickle, zip, EOF, runtime...
-        detail = _first_line(exc)
-        raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None
+    with checkpoint_archive.open_checked(path) as file:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; we refuse them anyway
+                data = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for bad files: pickle, zip, EOF, runtime...
+            raise checkpoint_archive.not_valid(path, _first_line(exc)) from None
     return from_dict(data, path)
 
 
-def _check_archive(path: Path) -> None:
-    """torch.save writes a zip archive with a CRC-32 per record; check them all before unpickling.
-
-    torch.load itself does not verify the CRCs, so a flipped bit in a tensor would load silently.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            broken = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
-        detail = f"not a torch archive: {_first_line(exc)}"
-        raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None
-    except Exception as exc:  # zipfile can raise odd errors (struct.error, UnicodeDecodeError) on garbage
-        detail = f"damaged archive: {_first_line(exc)}"
-        raise CheckpointError(f"{path}: not a valid charrnn checkpoint ({detail})") from None
-    if broken is not None:
-        raise CheckpointError(f"{path}: not a valid charrnn checkpoint (record {broken} is damaged: checksum mismatch)")
-
-
 def _first_line(exc: BaseException) -> str:
-    """The informative line of torch.load's (often long, multi-line) error."""
+    """The informative line of torch.load's (often long, multi-line) error.
+
+    torch's weights_only refusal opens with advice to pass ``weights_only=False``, which is exactly
+    what must not be done with a stranger's file; the line after it names what was refused.
+    """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     for line in lines:
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            what = line.split(":", 1)[-1].strip()[:150]
-            return f"it holds pickled Python objects, which charrnn refuses to load: {what}"
+        if "global" in line.lower():
+            what = line.split(":", 1)[-1].strip() if "Unsupported global" in line else line
+            return f"it holds pickled Python objects, which charrnn refuses to load: {what[:150]}"
+        if "Unsupported operand" in line:
+            return f"its pickle uses an operation the safe loader refuses: {line[:150]}"
+    if lines and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines[1:] if not line.startswith("Check the documentation")] or ["unpickling failed"]
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
@@ -171,38 +167,23 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
         raise CheckpointError(f"{bad} (no charrnn format marker); pass a file written by `charrnn train`")
     version = data.get(VERSION_KEY)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{bad} (format version {version!r})")
+        raise CheckpointError(f"{bad} (format version {checkpoint_schema.short(version)})")
     if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{where}checkpoint format version {version} is newer than this charrnn understands "
+            f"{where}checkpoint format version {checkpoint_schema.short(version)} is newer than this charrnn understands "
             f"({FORMAT_VERSION}); upgrade charrnn (pip install -U charrnn)"
         )
-    for key, kind in _REQUIRED.items():
-        if not isinstance(data.get(key), kind):
-            raise CheckpointError(f"{bad} (missing or malformed {key!r})")
     try:
-        config = ModelConfig.from_dict(data["model_config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{bad} ({exc})") from None
-    vocab = data["vocab"]
-    if len(vocab) != config.vocab_size:
-        raise CheckpointError(
-            f"{bad} (vocabulary has {len(vocab)} characters but the model expects {config.vocab_size})"
-        )
-    if "".join(sorted(set(vocab))) != vocab:
-        raise CheckpointError(f"{bad} (vocabulary is not a sorted set of characters)")
-    _check_weights(data["model"], config, bad)
-    for key in ("best_val_loss", "last_train_loss"):
-        value = data.get(key)
-        if value is not None and not isinstance(value, (int, float)):
-            raise CheckpointError(f"{bad} (malformed {key!r})")
+        config = checkpoint_schema.validate(data, REQUIRED)
+    except checkpoint_schema.Invalid as exc:
+        detail = " ".join(str(exc).split())  # one line, whatever a value's repr held
+        raise CheckpointError(f"{bad} ({detail[:300]})") from None
     resume = data.get("resume")
-    if resume is not None and not isinstance(resume, dict):
-        raise CheckpointError(f"{bad} (malformed 'resume')")
+    history = data.get("vocab_history")  # missing in checkpoints from before charrnn 1.1; checked by the schema
     return Checkpoint(
         path=path,
         model_config=config,
-        vocab=Vocab(vocab),
+        vocab=Vocab(data["vocab"]),
         weights=data["model"],
         train_config=data["train_config"],
         corpus=data["corpus"],
@@ -215,25 +196,5 @@ def from_dict(data, path: Path | None = None) -> Checkpoint:
         torch_version=str(data.get("torch_version", "?")),
         created=str(data.get("created", "")),
         version=version,
+        vocab_history=[dict(entry) for entry in history] if history else [],
     )
-
-
-def _check_weights(weights: dict, config: ModelConfig, bad: str) -> None:
-    """Every expected tensor present, float, the right shape and finite; nothing extra."""
-    expected = parameter_shapes(config)
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise CheckpointError(f"{bad} (missing weights: {', '.join(missing[:5])})")
-    extra = sorted(set(weights) - set(expected))
-    if extra:
-        raise CheckpointError(f"{bad} (unexpected weights: {', '.join(extra[:5])})")
-    for name, shape in expected.items():
-        tensor = weights[name]
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise CheckpointError(f"{bad} (weight {name!r} is not a float tensor)")
-        if tuple(tensor.shape) != shape:
-            raise CheckpointError(
-                f"{bad} (weight {name!r} has shape {tuple(tensor.shape)} but the config needs {tuple(shape)})"
-            )
-        if not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{bad} (weight {name!r} holds NaN or infinite values)")

@@ -190,12 +190,13 @@ def load_corpus(
         return _build(sources, stats, reader, separator, vocab, None)
     identity = {"inputs": sources.path, "encoding": encoding, "separator": separator}
     cache = Cache(Path(cache_dir), sources.name, identity)
-    hit = cache.lookup(stats, vocab)
-    if hit is not None:
-        corpus = _corpus(sources, hit.ids, hit.vocab, hit.sha256, separator)
-        skipped = tuple(Skipped(path, reason) for path, reason in hit.skipped)
-        return LoadedCorpus(corpus, hit.n_files, skipped, "hit", hit.data_file)
-    return _build(sources, stats, reader, separator, vocab, cache)
+    with cache.locked():
+        hit = cache.lookup(stats, vocab)
+        if hit is not None:
+            corpus = _corpus(sources, hit.ids, hit.vocab, hit.sha256, separator)
+            skipped = tuple(Skipped(path, reason) for path, reason in hit.skipped)
+            return LoadedCorpus(corpus, hit.n_files, skipped, "hit", hit.data_file)
+        return _build(sources, stats, reader, separator, vocab, cache)
 
 
 def _corpus(sources: Sources, ids: np.ndarray, vocab: Vocab, sha256: str, separator: str) -> Corpus:

@@ -7,13 +7,14 @@ leaves one that is trusted. A damaged or foreign manifest is never an error: the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,12 @@ import numpy as np
 from charrnn.data import Vocab, index_dtype
 from charrnn.errors import OutputError, option
 from charrnn.fsio import replace_atomic
+from charrnn.lock import FileLock
 
 CACHE_FORMAT = "charrnn-corpus-cache"
-CACHE_VERSION = 2  # 2: the counts are "n_chars" and "n_files" (1 had "chars" and "accepted")
-_STALE_TEMP_SECONDS = 3600  # temp files of a build older than this were left by a crash
+# 2: the counts are "n_chars" and "n_files" (1 had "chars" and "accepted"); 3: files record their
+# absolute path, ctime and inode besides size and mtime
+CACHE_VERSION = 3
 # A cache folder says what it is (https://bford.info/cachedir/), so that backups, and charrnn itself
 # reading a folder that holds an earlier run's output, leave it out.
 CACHEDIR_TAG = "CACHEDIR.TAG"
@@ -35,18 +38,22 @@ _CACHEDIR_TAG_TEXT = (
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
 )
 
-Stats = list  # [[path, size, mtime_ns], ...] of every file TEXT names, skipped ones too
+Stats = list  # [[path, size, mtime_ns, ctime_ns, inode], ...] of every file TEXT names, skipped ones too
 
 
 def stat_files(files: tuple[Path, ...]) -> Stats:
-    """[path, size, mtime_ns] per file: what decides whether an entry is still good."""
+    """[absolute path, size, mtime_ns, ctime_ns, inode] per file: what decides whether an entry is still
+    good. The inode change time (ctime) is what an edit cannot hide: writing a file, or setting its
+    modification time back (``touch -r``), sets it to now, and no tool can set it. A content hash would
+    see the same edits, but costs a read of the whole corpus at every start; stat costs microseconds
+    per file (``benchmarks/bench_cache_check.py`` measures both)."""
     stats = []
     for path in files:
         try:
             st = path.stat()
-            stats.append([str(path), st.st_size, st.st_mtime_ns])
+            stats.append([os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
         except OSError:
-            stats.append([str(path), -1, -1])  # vanished or unreadable: the read reports it
+            stats.append([os.path.abspath(path), -1, -1, -1, -1])  # vanished or unreadable: the read reports it
     return stats
 
 
@@ -75,6 +82,26 @@ class Cache:
         self.key = _digest({"version": CACHE_VERSION, **identity})[:20]
         self.manifest_path = folder / f"{self.key}.json"
         self._previous_data: str | None = None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this entry (``<key>.lock``) while it is looked up, built and committed, so that two runs
+        never build it at once (the second waits, then finds it); what a killed build left behind is
+        removed first. A folder where no lock can be made (read-only) is used without one."""
+        lock = FileLock(self.folder / f"{self.key}.lock")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock.acquire(wait=True)
+        except OSError:
+            pass
+        if not lock.held:
+            yield
+            return
+        try:
+            self._remove_orphans()
+            yield
+        finally:
+            lock.release()
 
     def lookup(self, stats: Stats, vocab: Vocab | None) -> Entry | None:
         """The entry if every file is as recorded and the vocabulary fits, else None (rebuild).
@@ -128,7 +155,6 @@ class Cache:
             tag = self.folder / CACHEDIR_TAG
             if not tag.exists():
                 tag.write_text(_CACHEDIR_TAG_TEXT)
-            self._remove_stale_temps()
             fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}-", suffix=".npy.tmp", dir=self.folder)
             with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
                 header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n_chars,)}
@@ -190,15 +216,14 @@ class Cache:
             f"choose another {option('cache_dir')}, or pass {option('no_cache')}"
         )
 
-    def _remove_stale_temps(self) -> None:
-        """Temp files of this entry that a killed build left behind (a live build's are recent)."""
-        now = time.time()
-        for stale in self.folder.glob(f".{self.key}-*.npy.tmp"):
-            try:
-                if now - stale.stat().st_mtime > _STALE_TEMP_SECONDS:
-                    stale.unlink()
-            except OSError:
-                pass
+    def _remove_orphans(self) -> None:
+        """Files of this entry that no manifest names: ids files of a build that lost a race or was
+        killed before its commit, and temp files of a killed build. Only while holding the entry."""
+        m = self._read_manifest()
+        named = Path(m["data"]).name if m is not None and isinstance(m.get("data"), str) else None
+        for path in [*self.folder.glob(f"{self.key}-*.npy"), *self.folder.glob(f".{self.key}-*.npy.tmp")]:
+            if path.name != named:
+                discard(path)
 
 
 def discard(path: Path) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.errors import ConfigError, DataError, option
+from charrnn.errors import ConfigError, DataError, UnknownCharsError, option
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,10 @@ class Vocab:
         this vocabulary: how many, which ones, and how to fix it. The one not-in-vocabulary error."""
         unknown = self.missing(text)
         if unknown:
-            raise DataError(
+            raise UnknownCharsError(
                 f"{where}: {len(unknown)} character(s) are not in the model's vocabulary: {describe_chars(unknown)}; "
-                "remove them (`charrnn inspect CHECKPOINT` lists the vocabulary)"
+                "remove them (`charrnn inspect CHECKPOINT` lists the vocabulary)",
+                unknown,
             )
 
     def encode(self, text: str, where: str = "the text") -> np.ndarray:

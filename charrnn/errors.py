@@ -44,6 +44,14 @@ class DataError(CharRNNError):
     """The text to train or evaluate on cannot be used (missing, empty, binary, wrong encoding, too short)."""
 
 
+class UnknownCharsError(DataError):
+    """A text holds characters outside a model's vocabulary; ``chars`` lists them all, sorted."""
+
+    def __init__(self, message: str, chars: list[str]):
+        super().__init__(message)
+        self.chars = chars
+
+
 class ConfigError(CharRNNError):
     """Options that make no sense together or do not fit the data or checkpoint."""
 

@@ -17,7 +17,7 @@ def replace_atomic(path: Path, payload) -> None:
     tmp_name = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)  # temp_name_pattern
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -46,14 +46,41 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+PROBE_PREFIX = ".charrnn-write-test-"
+
+
+def temp_name_pattern(name: str) -> str:
+    """The glob that matches the temporary files ``replace_atomic`` writes on the way to ``name``."""
+    return f".{name}.*.tmp"
+
+
 def check_writable(out_dir: Path) -> None:
     """Fail now, not after an hour of training, if checkpoints cannot be written to ``out_dir``."""
+    probe = out_dir / f"{PROBE_PREFIX}{os.getpid()}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".charrnn-write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        try:
+            probe.write_bytes(b"ok")
+        finally:
+            if probe.exists():  # also after a failed write (a full disk creates the file, then fails)
+                probe.unlink()
     except OSError as exc:
         raise OutputError(
             f"cannot write to {option('out_dir')} {out_dir} ({exc.strerror or exc}); choose a writable folder"
         ) from None
+
+
+def remove_leftovers(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Remove what a killed or failed writer left in ``folder``: the temporary files of ``replace_atomic``
+    on the way to each of ``names``, and write probes. Only safe while no one else writes there (the
+    caller holds the folder's lock). The paths removed."""
+    removed = []
+    patterns = [temp_name_pattern(name) for name in names] + [PROBE_PREFIX + "*"]
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass  # harmless: the next start tries again
+    return removed

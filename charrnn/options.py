@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import fields
 from typing import Any
@@ -50,6 +51,8 @@ def parse_duration(value: str | float | int, name: str | None = "max_time") -> f
         raise ConfigError(f"{what} is not a duration; use e.g. '10m' or a number of seconds")
     if not seconds > 0:
         raise ConfigError(f"{what} must be longer than zero")
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{what} is not a finite duration; use e.g. 90s, 10m, 1.5h or 1h30m")
     return seconds
 
 

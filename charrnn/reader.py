@@ -52,12 +52,15 @@ def is_utf8(encoding: str) -> bool:
 
 
 def check_encoding(encoding: str) -> None:
+    """ConfigError unless ``encoding`` names a codec that turns bytes into text (not base64, zlib, rot13)."""
     try:
-        codecs.lookup(encoding)
-    except LookupError:
+        info = codecs.lookup(encoding)
+    except (LookupError, TypeError, ValueError):
         raise ConfigError(
             f"unknown {option('encoding')} {encoding!r}; use a Python codec name such as utf-8 or latin-1"
         ) from None
+    if not getattr(info, "_is_text_encoding", True):  # CPython marks bytes-to-bytes and str-to-str codecs
+        raise ConfigError(f"{option('encoding')} {encoding!r} is not a text encoding; use one such as utf-8 or latin-1")
 
 
 class Unusable(Exception):
@@ -148,6 +151,8 @@ class Reader:
                 text = decoder.decode(raw)
             except UnicodeDecodeError as exc:  # exc.object is what the decoder held back, then raw
                 raise self._undecodable(name, exc, fed + len(raw) - len(exc.object)) from None
+            except (UnicodeError, ValueError, TypeError) as exc:  # what other codecs raise (utf-16: no BOM)
+                raise self._undecodable(name, exc, fed) from None
             fed += len(raw)
             if not self.utf8 and at_start and text:
                 at_start = False
@@ -157,11 +162,19 @@ class Reader:
             tail = decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:  # the file ends inside a character
             raise self._undecodable(name, exc, fed - len(exc.object)) from None
+        except (UnicodeError, ValueError, TypeError) as exc:
+            raise self._undecodable(name, exc, fed) from None
         if tail:
             yield (b"" if self.utf8 else None), tail
 
-    def _undecodable(self, name: str, exc: UnicodeDecodeError, base: int) -> Unusable:
-        where = f"byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start}"
+    def _undecodable(self, name: str, exc: Exception, base: int) -> Unusable:
+        """The one-line encoding error, whatever the codec raised: where, when it says, else its words."""
+        if isinstance(exc, UnicodeDecodeError) and exc.start < len(exc.object):
+            where = f"byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start}"
+        elif isinstance(exc, UnicodeDecodeError):
+            where = f"it ends inside a character, at offset {base + exc.start}"
+        else:
+            where = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return Unusable(
             f"not {self.encoding}",
             (

@@ -5,8 +5,10 @@
 1. a run starts fresh, from a checkpoint's weights (``init_from``, fine-tuning) or continues one
    (``resume``), never both; on resume the saved options are kept unless given again, and a given
    architecture option that contradicts the checkpoint is an error;
-2. ``out_dir`` must be writable, and another run's checkpoints there are never overwritten without
-   ``force``; a resumed run continues in its checkpoint's folder unless told otherwise;
+2. ``out_dir`` must be writable and is held by one run at a time (an OS lock, released however the
+   run ends; what a killed run left there is cleared at the next start); another run's checkpoints
+   there are never overwritten without ``force``, nor a ``last.pt`` further on than the checkpoint
+   resumed from; a resumed run continues in its checkpoint's folder unless told otherwise;
 3. the text is read through the corpus cache (``out_dir/cache`` unless ``cache_dir`` or ``no_cache``);
    with no text, a resumed run finds its own again (``checkpoint_corpus``) and a new one takes the
    embedded Tiny Shakespeare; on resume the text must be the one the checkpoint was trained on;
@@ -26,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import distributed
+from charrnn import distributed, memory
 from charrnn.corpus import LoadedCorpus, load_corpus
-from charrnn.data import Corpus
+from charrnn.data import Corpus, Vocab
 from charrnn.devices import resolve_device
-from charrnn.errors import ConfigError, option
-from charrnn.fsio import check_writable
+from charrnn.errors import CharRNNError, ConfigError, OutputError, UnknownCharsError, option
+from charrnn.fsio import check_writable, remove_leftovers
+from charrnn.lock import FileLock, Locked
 from charrnn.model import ModelConfig
 from charrnn.options import (
     ARCHITECTURE,
@@ -44,8 +47,11 @@ from charrnn.options import (
 )
 from charrnn.threads import set_threads
 from charrnn.trainer import Callback, TrainConfig, Trainer, TrainResult
+from charrnn.vocab_extend import PROBE_CHARS, extend
 
 SAMPLE_TEMPERATURE = 0.8  # of the closing sample
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+OUT_DIR_LOCK = ".charrnn.lock"  # held by the run writing to the folder (charrnn.lock)
 
 
 def checkpoint_corpus(
@@ -152,12 +158,19 @@ class Run:
         out_dir: str | Path | None = None,
         resume: str | Path | None = None,
         init_from: str | Path | None = None,
+        extend_vocab: bool = False,
         force: bool = False,
         callback: Callback | None = None,
         should_stop: Callable[[], Any] | None = None,
         **options: Any,
     ):
         check_option_names(options)
+        if extend_vocab and init_from is None:
+            raise ConfigError(
+                f"{option('extend_vocab', True)} adds characters to the vocabulary of {option('init_from')}'s "
+                f"checkpoint; pass {option('init_from')} too"
+            )
+        self.extend_vocab = bool(extend_vocab)
         if resume is not None and init_from is not None:
             raise ConfigError(
                 f"{option('resume')} and {option('init_from')} cannot be combined; {option('resume')} continues "
@@ -173,12 +186,14 @@ class Run:
         )
         self.callback = callback or Callback()
         self.user_should_stop = should_stop
+        self._out_lock: FileLock | None = None
         set_threads(plan.run_values["threads"])
         self.session = distributed.init(resolve_device(plan.run_values["device"]))
         try:
             self._prepare(text, out_dir, resume, init_from, force, plan)
             self.session.settle()  # every process got here: from now on they train together
         except BaseException:
+            self.release()
             self.session.close()  # tells the other processes, which would otherwise wait for this one
             raise
 
@@ -203,8 +218,11 @@ class Run:
         if out_dir is None:
             out_dir = Path(resume).parent if resume is not None else Path("out")
         out_dir = Path(out_dir)
-        check_writable(out_dir)
-        existing = [p for p in (out_dir / "last.pt", out_dir / "best.pt") if p.exists()]
+        if session.is_main:  # the one process that writes: it holds the out dir for the whole run
+            self._lock_out_dir(out_dir)
+            check_writable(out_dir)
+            remove_leftovers(out_dir, CHECKPOINT_NAMES)  # of a run that was killed; none is running now
+        existing = [p for p in (out_dir / name for name in CHECKPOINT_NAMES) if p.exists()]
         continuing = resume is not None and Path(resume).resolve().parent == out_dir.resolve()
         if existing and not force and not continuing:
             raise ConfigError(
@@ -212,6 +230,8 @@ class Run:
                 f"{option('resume', str(existing[0]))}, pick another {option('out_dir')}, or pass "
                 f"{option('force', True)} to overwrite them"
             )
+        if continuing and not force and source is not None:
+            self._check_not_behind(source, out_dir / "last.pt")
         # 3. The text, read once into a memory-mapped cache (or from it); on resume, the same text again.
         cache_dir = None if run_values["no_cache"] else Path(run_values["cache_dir"] or out_dir / "cache")
         exclude = (out_dir, cache_dir or out_dir)
@@ -229,18 +249,37 @@ class Run:
                     exclude=exclude,
                 )
             vocab = source.vocab if source is not None else None
-            return read_corpus(
-                text,
-                encoding=run_values["encoding"],
-                separator=run_values["separator"],
-                vocab=vocab,
-                cache_dir=cache_dir,
-                exclude=exclude,
-            )
+
+            def with_vocab(vocab):
+                return read_corpus(
+                    text,
+                    encoding=run_values["encoding"],
+                    separator=run_values["separator"],
+                    vocab=vocab,
+                    cache_dir=cache_dir,
+                    exclude=exclude,
+                )
+
+            if source is None:
+                return with_vocab(None)
+            try:
+                return with_vocab(vocab)
+            except UnknownCharsError as exc:
+                if not self.extend_vocab:
+                    raise UnknownCharsError(
+                        f"{exc}, or pass {option('extend_vocab', True)} to add them to the vocabulary of {init_from}",
+                        exc.chars,
+                    ) from None
+                # The text's new characters join the vocabulary: encode it again with all of them.
+                return with_vocab(Vocab("".join(sorted(set(source.vocab.chars) | set(exc.chars)))))
 
         # Local rank 0 encodes (or checks) the cache first; the other processes on its machine then find it.
         corpus, self.loaded = distributed.local_main_first(session, read)
         session.check_same(corpus.sha256, f"the text of {corpus.name}")
+        if init_from is not None and source is not None and corpus.vocab != source.vocab:
+            # --extend-vocab: new rows for the characters the text added (vocab_extend); the old model is
+            # probed on the start of the text to set their bias.
+            source = extend(source, corpus.vocab.chars, corpus.vocab.decode(corpus.ids[:PROBE_CHARS]))
         # 4. The model and the trainer.
         if source is not None:
             dropout = plan.model_values.get("dropout", source.model_config.dropout)
@@ -249,6 +288,7 @@ class Run:
             model_config = ModelConfig(vocab_size=len(corpus.vocab), **plan.model_values)
         self.train_config = TrainConfig(**plan.train_values)
         self.sample_length = int(run_values["sample_length"])
+        self._check_memory(model_config, session.device)
         self.resumed = resume is not None
         self._stop = StopOnSignal(on_signal=self.callback_on_signal, coalesce_s=2.0 if session.active else 0.0)
         self.trainer = Trainer(
@@ -264,9 +304,68 @@ class Run:
             session=session,
         )
 
+    def _lock_out_dir(self, out_dir: Path) -> None:
+        """Hold ``out_dir`` for this run: a second run into it is refused, naming this one's PID."""
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._out_lock = FileLock(out_dir / OUT_DIR_LOCK).acquire()
+        except Locked as busy:
+            who = f"process {busy.pid}" if busy.pid else "another process"
+            raise ConfigError(
+                f"{out_dir} is in use by another training run ({who}); wait for it to end, stop it, "
+                f"or pick another {option('out_dir')}"
+            ) from None
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write to {option('out_dir')} {out_dir} ({exc.strerror or exc}); choose a writable folder"
+            ) from None
+
+    def _check_not_behind(self, source: ckpt_io.Checkpoint, last: Path) -> None:
+        """Resuming from an earlier checkpoint (``best.pt``) of a folder whose ``last.pt`` is further on
+        would overwrite that ``last.pt``: only with ``force``."""
+        if source.path is None or not last.exists() or last.resolve() == Path(source.path).resolve():
+            return
+        step = source.progress.get("step")
+        try:
+            last_step = ckpt_io.load(last).progress.get("step")
+        except CharRNNError:
+            last_step = None  # unreadable: still not to be overwritten without asking
+        if isinstance(step, int) and isinstance(last_step, int) and last_step <= step:
+            return
+        at = f" (step {last_step})" if isinstance(last_step, int) else ""
+        raise ConfigError(
+            f"resuming from {source.path} (step {step}) would overwrite {last}{at}, which is further on; "
+            f"resume from {last}, pass {option('force', True)} to overwrite it, or write to a new "
+            f"{option('out_dir')}"
+        )
+
+    def release(self) -> None:
+        """Give back the out dir (``execute`` does it when the run ends)."""
+        if self._out_lock is not None:
+            self._out_lock.release()
+
     def callback_on_signal(self, name: str) -> None:
         if self.session.is_main:
             self.callback.on_signal(name)
+
+    def _check_memory(self, cfg: ModelConfig, device) -> None:
+        """Refuse a model, batch or closing sample that cannot fit, before any of it is allocated."""
+        tc = self.train_config
+        need = max(
+            memory.training_bytes(cfg, tc.batch_size, tc.seq_len, 4 if tc.dtype == "fp32" else 2),
+            memory.evaluation_bytes(cfg, tc.eval_batch_size, tc.eval_seq_len),
+        )
+        memory.check_fits(
+            need,
+            device,
+            "training this model",
+            ("hidden_size", "num_layers", "embedding_size", "batch_size", "seq_len"),
+        )
+        if self.sample_length:
+            need = memory.sampling_bytes(cfg, 1, self.sample_length)
+            memory.check_fits(
+                need, device, f"a closing sample of {self.sample_length:,} characters", ("sample_length",)
+            )
 
     def _check_architecture(self, source: ckpt_io.Checkpoint, plan: _Plan, purpose: str) -> None:
         """An architecture option given must agree with the checkpoint we continue from."""
@@ -297,6 +396,7 @@ class Run:
             with self._stop:
                 result = self.trainer.run()
         finally:
+            self.release()
             self.session.close()
         if (
             self.sample_length
@@ -319,6 +419,7 @@ def train(
     out_dir: str | Path | None = None,
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
+    extend_vocab: bool = False,
     force: bool = False,
     callback: Callback | None = None,
     should_stop: Callable[[], Any] | None = None,
@@ -327,7 +428,9 @@ def train(
     """Train a character model on ``text`` (a file, folder or glob; None: the embedded Tiny Shakespeare,
     or on resume the checkpoint's own text) with the rules of ``charrnn train``.
 
-    ``out_dir`` defaults to "out", or with ``resume`` to the checkpoint's folder. ``options`` are the
+    ``out_dir`` defaults to "out", or with ``resume`` to the checkpoint's folder. ``extend_vocab`` (with
+    ``init_from``) adds the text's characters that the checkpoint lacks to its vocabulary
+    (``charrnn.vocab_extend``); without it they are an error that lists them. ``options`` are the
     flags of ``charrnn train`` with underscores: ``hidden_size=256``, ``max_time="10m"`` (or seconds),
     ``max_steps=2000``, ``device="cpu"``, ... An unknown one is a ConfigError naming the nearest.
     In the main thread a Ctrl-C (SIGINT) stops after the current step, saves ``last.pt`` and then
@@ -339,6 +442,7 @@ def train(
         out_dir=out_dir,
         resume=resume,
         init_from=init_from,
+        extend_vocab=extend_vocab,
         force=force,
         callback=callback,
         should_stop=should_stop,

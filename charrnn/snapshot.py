@@ -44,12 +44,14 @@ def snapshot(
     state: TrainState,
     ranks: list[dict],
     device: torch.device,
+    vocab_history: list[dict] | None = None,
 ) -> Checkpoint:
     """The run as a Checkpoint (``path`` None; ``checkpoint.save`` writes it).
 
     ``model`` is the uncompiled, unwrapped module. ``ranks`` holds every process's ``rank_record``
     in rank order, this process's (rank 0's) first; with more than one it goes into resume.ranks,
-    so that a resume on as many processes gives each its own again.
+    so that a resume on as many processes gives each its own again. ``vocab_history`` is how the
+    vocabulary grew (None: it is the original one, as of now).
     """
     options = {**train_config.to_dict(), "device": str(device), "world_size": len(ranks)}
     resume = {
@@ -77,6 +79,7 @@ def snapshot(
         train_config=options,
         corpus=corpus_record,
         resume=resume,
+        vocab_history=list(vocab_history or []),
         **state.to_dict(),
     )
 
@@ -126,13 +129,18 @@ def restore(
         ) from None
     model.load_state_dict(ckpt.weights)
     resume = ckpt.resume or {}
-    if "optimizer" in resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        for group in optimizer.param_groups:
-            # The saved groups carry the saving machine's kernel choice; this device decides.
-            group["fused"], group["foreach"] = optimizer.defaults["fused"], optimizer.defaults["foreach"]
-    if resume.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(resume["scaler"])
+    try:  # checkpoint.load validated these; torch's own checks are the second line of defence
+        if "optimizer" in resume:
+            optimizer.load_state_dict(resume["optimizer"])
+            for group in optimizer.param_groups:
+                # The saved groups carry the saving machine's kernel choice; this device decides.
+                group["fused"], group["foreach"] = optimizer.defaults["fused"], optimizer.defaults["foreach"]
+        if resume.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resume["scaler"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        where = f"{ckpt.path}: " if ckpt.path is not None else ""
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:150]
+        raise CheckpointError(f"{where}cannot resume: its optimizer state does not fit the model ({detail})") from None
 
     # 1. RNG: this process's own when the process count is the same, else a fresh stream per process.
     ranks = resume.get("ranks")
@@ -142,7 +150,11 @@ def restore(
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
+        try:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        except RuntimeError:
+            where = f"{ckpt.path}: " if ckpt.path is not None else ""
+            raise CheckpointError(f"{where}cannot resume: its CUDA generator state is not one torch accepts") from None
     if world_size > 1 and not exact:
         torch.manual_seed(train_config.seed + rank + 7919 * state.step)
 
@@ -151,7 +163,8 @@ def restore(
     same_layout = resume.get("world_size", 1) == world_size
     carried = None
     if saved and same_layout and saved[0].shape[1] == train_config.batch_size:
-        carried = tuple(s.to(device) for s in saved)
+        # float32, as a fresh state is: a bf16 or fp16 run saves its autocast dtype, which casts back exactly
+        carried = tuple(s.to(device=device, dtype=torch.float32) for s in saved)
     if state.batch >= steps_per_epoch or not same_layout:
         # The end of an epoch, or another data layout (another process count): start the next epoch cleanly.
         state.epoch += 1 if state.batch else 0

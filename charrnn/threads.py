@@ -15,14 +15,23 @@ from contextlib import contextmanager
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from charrnn.errors import ConfigError, option
+
 
 def blas_threads() -> int:
     """Threads numpy's BLAS runs a product on (the most among the BLAS libraries loaded; 1 if none)."""
     return max((lib["num_threads"] for lib in threadpool_info() if lib.get("user_api") == "blas"), default=1)
 
 
+MAX_THREADS = 1024  # more threads than any machine charrnn runs on has cores; torch would try to start them
+
+
 def set_threads(threads: int | None) -> None:
     """Use ``threads`` CPU threads in torch and in numpy's BLAS, for the rest of the process (None: leave both)."""
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS
+    ):
+        raise ConfigError(f"{option('threads')} must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
     if threads:
         torch.set_num_threads(threads)
         threadpool_limits(threads, user_api="blas")

@@ -19,6 +19,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # the number was chosen).
 DEFAULT_MAX_STEPS = 850
 
+# A seed is what torch's and numpy's generators both take: a whole number from 0 to 2**64 - 1.
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed) -> None:
+    """ConfigError unless ``seed`` is a whole number from 0 to MAX_SEED."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{option('seed')} must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+
+
 # Keys the trainer adds to the options it saves in a checkpoint's train_config: facts about the run
 # that wrote it, not options to train with again.
 RUN_FACTS = ("device", "world_size")
@@ -68,8 +78,15 @@ class TrainConfig:
             raise ConfigError(f"{option('max_time')} must be positive, got {self.max_time}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"{option('lr')} must be a positive number, got {self.lr}")
+        for name in ("lr", "grad_clip", "weight_decay", "min_lr_frac", "lr_decay", "val_frac"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"{option(name)} must be a finite number, got {value!r}")
         if not self.grad_clip > 0:
             raise ConfigError(f"{option('grad_clip')} must be positive, got {self.grad_clip}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{option('weight_decay')} must be at least 0, got {self.weight_decay}")
+        check_seed(self.seed)
         if not 0 < self.val_frac < 1:
             raise ConfigError(f"{option('val_frac')} must be between 0 and 1 (exclusive), got {self.val_frac}")
         for name, choices in (("schedule", SCHEDULES), ("dtype", tuple(DTYPES)), ("on_nan", ("stop", "skip"))):

@@ -118,6 +118,10 @@ class Trainer:
         self.model = CharRNN(model_config).to(self.device)
         if init_from is not None:
             self.model.load_state_dict(init_from.weights)
+        source = resume or init_from
+        self.vocab_history = (
+            source.vocab_history if source is not None else [ckpt_io.vocab_entry(corpus.vocab.chars, 0)]
+        )
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=cfg.lr,
@@ -259,6 +263,7 @@ class Trainer:
             state=self.state,
             ranks=ranks,
             device=self.device,
+            vocab_history=self.vocab_history,
         )
         ckpt_io.save(ckpt, self.last_path)
         if best:

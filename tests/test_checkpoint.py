@@ -121,7 +121,7 @@ def _save_raw(tmp_path, mutate):
         (lambda d: d.update(version=ckpt_io.FORMAT_VERSION + 1), "newer than this charrnn"),
         (lambda d: d["model"].pop("head.bias"), "missing weights: head.bias"),
         (lambda d: d["model"].update({"head.weight": torch.zeros(3, 3)}), "head.weight.*shape"),
-        (lambda d: d.update(vocab="\nab"), "vocabulary has 3 characters but the model expects 4"),
+        (lambda d: d.update(vocab="\nab"), "vocab: has 3 characters but the model expects 4"),
         (lambda d: d.update(vocab="cba\n"), "not a sorted set"),
         (lambda d: d["model"].update(extra=torch.zeros(1)), "unexpected weights: extra"),
         (lambda d: d["model_config"].update(cell="lstmx"), "unknown cell"),

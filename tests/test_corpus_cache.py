@@ -64,7 +64,7 @@ def test_an_entry_is_found_as_it_was_committed(tmp_path):
     assert hit is not None and isinstance(hit.ids, np.memmap) and hit.ids.tolist() == [0, 1, 2, 2]
     assert (hit.vocab, hit.sha256, hit.n_files, hit.skipped) == (Vocab("abc"), "f" * 64, 1, (("x.bin", "binary"),))
     manifest = json.loads(cache.manifest_path.read_text())
-    assert manifest["version"] == corpus_cache.CACHE_VERSION == 2 and manifest["n_chars"] == 4
+    assert manifest["version"] == corpus_cache.CACHE_VERSION == 3 and manifest["n_chars"] == 4
     assert "chars" not in manifest and manifest["n_files"] == 1 and (cache.folder / CACHEDIR_TAG).exists()
     assert cache.lookup([[*stats[0][:2], stats[0][2] + 1]], None) is None  # another mtime: not trusted
     assert cache.lookup(stats, Vocab("abcd")) is None  # another vocabulary: re-encode

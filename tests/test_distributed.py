@@ -296,7 +296,7 @@ def test_cli_nproc_trains_through_the_launcher_stops_on_ctrl_c_and_resumes_in_on
     saved = ckpt_io.load(out / "last.pt")
     assert saved.progress["step"] == summary["steps"] and saved.train_config["world_size"] == 2
     assert saved.corpus["separator"] == "\n\n"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "cache", "last.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [".charrnn.lock", "best.pt", "cache", "last.pt"]
 
     from charrnn.cli import cli
 
@@ -333,3 +333,63 @@ def test_a_repeated_signal_within_the_window_is_the_same_signal():
     alone._handle(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
         alone._handle(signal.SIGINT, None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_torchrun_launchers_on_loopback_train_one_run(tmp_path):
+    """docs/distributed.md's two-machine command, both "machines" on this one: two torchrun launchers
+    (``--nnodes 2``, one process each) meet through c10d rendezvous on 127.0.0.1 and train one run of
+    world size 2 over gloo. Each has its own --out-dir and --cache-dir, as two machines would; the one
+    that got rank 0 writes the checkpoints, the other writes nothing, and the two ranks read different
+    streams of the text (their carried hidden states differ under identical weights)."""
+    (tmp_path / "t.txt").write_text(make_text(600))
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONUNBUFFERED="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-machines"]
+    launcher += ["--rdzv-conf", "timeout=60", "--max-restarts", "0", "--monitor-interval", "0.5"]
+    train = ["-m", "charrnn", "train", "t.txt", *TINY_MODEL, "--batch-size", "4", "--seq-len", "16"]
+    train += ["--max-steps", "6", "--eval-every", "3", "--device", "cpu", "--sample-length", "0", "--json", "-q"]
+    procs = [
+        subprocess.Popen(
+            [*launcher, *train, "--out-dir", f"out{node}", "--cache-dir", f"cache{node}"],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        for node in (0, 1)
+    ]
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    for p, (_, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stderr[-3000:]
+        assert "Traceback" not in stderr
+    # Rank 0 alone prints the summary and writes; which launcher got rank 0 is the rendezvous's choice.
+    summaries = [json.loads(stdout) for stdout, _ in outputs if stdout.strip()]
+    assert len(summaries) == 1 and summaries[0]["steps"] == 6
+    written = [node for node in (0, 1) if (tmp_path / f"out{node}" / "last.pt").exists()]
+    assert len(written) == 1, "exactly one launcher's process writes checkpoints"
+    other = tmp_path / f"out{1 - written[0]}"
+    assert not other.exists() or list(other.iterdir()) == [], "the rank-1 machine must write no checkpoint"
+    for node in (0, 1):  # each machine built its own cache on its own disk
+        assert list((tmp_path / f"cache{node}").glob("*.npy"))
+    saved = ckpt_io.load(tmp_path / f"out{written[0]}" / "last.pt")
+    assert saved.train_config["world_size"] == 2 and saved.progress["step"] == 6
+    ranks = saved.resume["ranks"]
+    assert len(ranks) == 2
+    states = [torch.cat([t.flatten() for t in r["state"]]) for r in ranks]
+    assert not torch.equal(states[0], states[1]), "both ranks carried the same state: they read the same streams"

@@ -38,7 +38,16 @@ def properties(schema: dict):
 
 def test_every_schema_is_valid_and_speaks_the_vocabulary():
     found = schemas()
-    assert set(found) == {"train", "sample", "eval", "inspect", "visualize", "analyze_gradflow", "analyze_wins"}
+    assert set(found) == {
+        "train",
+        "sample",
+        "eval",
+        "eval_record",
+        "inspect",
+        "visualize",
+        "analyze_gradflow",
+        "analyze_wins",
+    }
     for name, schema in found.items():
         jsonschema.Draft202012Validator.check_schema(schema)
         for key, sub in properties(schema):
@@ -71,6 +80,19 @@ def test_eval_json(runner, trained_run, corpus_file):
     assert result.exit_code == 0, result.stderr
     data = validate("eval", result.stdout)
     assert data["loss_bits"] == pytest.approx(data["loss_nats"] / 0.6931471805599453)
+
+
+def test_eval_per_line_json(runner, trained_run, corpus_file):
+    out, _ = trained_run
+    result = runner.invoke(
+        cli, ["eval", str(out / "best.pt"), str(corpus_file), "--per-line", "--top-surprises", "2", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(corpus_file.read_text(encoding="utf-8").splitlines())
+    for line in lines[:50]:
+        data = validate("eval_record", line)
+        assert len(data["top_surprises"]) == min(2, data["n_chars"])
 
 
 def test_inspect_json(runner, trained_run):

@@ -12,6 +12,7 @@ import click
 
 from charrnn import __version__
 from charrnn.cli.common import CharRNNGroup
+from charrnn.cli.streams import diagnostics, guard_descriptors
 
 EXIT_CODES_HELP = """
 \b
@@ -21,7 +22,7 @@ Exit codes:
   2    command-line usage error (unknown flag, value out of range)
   3    checkpoint missing, corrupt, foreign or from a newer charrnn
   4    training diverged (NaN/inf loss or gradient)
-  5    cannot write output (unwritable folder, disk full)
+  5    cannot write output (unwritable folder, disk full, stdout)
   130  interrupted by Ctrl-C (SIGINT); 143 stopped by SIGTERM
 """
 
@@ -51,6 +52,9 @@ def _register() -> None:
     from charrnn.cli import visualize
 
     cli.add_command(visualize.visualize)
+    from charrnn.cli import serve
+
+    cli.add_command(serve.serve)
     from charrnn.cli.analyze import analyze
 
     cli.add_command(analyze)
@@ -69,7 +73,9 @@ def _utf8_streams() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    guard_descriptors()
     _utf8_streams()
+    sys.stderr = diagnostics(sys.stderr)  # an error line that cannot be shown is dropped, never a traceback
     code: str | int | None  # what sys.exit takes
     try:
         code = cli.main(prog_name="charrnn", standalone_mode=True)

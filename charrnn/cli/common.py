@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import sys
+from typing import IO, cast
 
 import click
 from rich.console import Console
 
+from charrnn.cli.streams import ReaderGone, StdoutFailed, diagnostics, product, silence
 from charrnn.errors import CharRNNError, cli_names
+from charrnn.threads import MAX_THREADS
+from charrnn.train_config import MAX_SEED
 
 DEFAULT_OUT_DIR = "out"
 
@@ -24,35 +30,37 @@ class UserError(click.ClickException):
 
 
 class CharRNNGroup(click.Group):
-    """Turns library errors into one-line messages with the documented exit codes, never a traceback."""
+    """Turns library errors into one-line messages with the documented exit codes, never a traceback,
+    and gives every command the same stdout rules (``charrnn.cli.streams``)."""
 
     def invoke(self, ctx: click.Context):
+        stdout = sys.stdout
+        sys.stdout = product(stdout)
         try:
             with cli_names():  # library messages name options as flags: --top-k, not top_k
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+            sys.stdout.flush()  # what the command printed is on its way, or its failure is this command's
+            return result
         except CharRNNError as exc:
             raise UserError(str(exc), exc.exit_code) from None
-        except BrokenPipeError:
+        except (ReaderGone, BrokenPipeError):
             # `charrnn sample | head`: the reader went away; that is not an error.
-            _silence_stdout()
+            silence(sys.stdout)
             ctx.exit(0)
+        except StdoutFailed as exc:
+            silence(sys.stdout)
+            raise UserError(f"cannot write the output to stdout ({exc.reason}); {exc.fix}", 5) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted.", err=True)
             ctx.exit(130)
-
-
-def _silence_stdout() -> None:
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+        finally:
+            sys.stdout = stdout
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)  # a line stays one line (copy-pastable commands)
+    """A console on stderr that falls silent if stderr cannot be written, instead of ending the command;
+    soft-wrapped, so that a line stays one line (copy-pastable commands)."""
+    return Console(file=cast(IO[str], diagnostics(sys.stderr)), highlight=False, soft_wrap=True)
 
 
 class Duration(click.ParamType):
@@ -69,6 +77,21 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class Finite(click.FloatRange):
+    """A float in an optional range that is a number: NaN and infinities are usage errors (exit 2)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+SEED = click.IntRange(0, MAX_SEED)  # what torch's and numpy's generators take
+COUNT_MAX = 2**63 - 1  # steps, epochs, characters: what a checkpoint's int64 fields and JSON readers hold
+THREADS = click.IntRange(1, MAX_THREADS)
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -80,8 +103,21 @@ def format_duration(seconds: float) -> str:
     return f"{s}s"
 
 
+def strict(obj):
+    """``obj`` with every float that JSON cannot hold (NaN, Infinity) as None: ``--json`` is strict JSON."""
+    if isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral):  # float, numpy floats
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, dict):
+        return {key: strict(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(value) for value in obj]
+    return obj
+
+
 def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+    """One JSON object on stdout: strict JSON (no NaN or Infinity: null), indented, Unicode as is."""
+    click.echo(json.dumps(strict(obj), indent=2, ensure_ascii=False, allow_nan=False))
 
 
 THREADS_HELP = "CPU threads for torch and for numpy's BLAS (default: their choice, usually one per core)."

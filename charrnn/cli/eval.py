@@ -8,12 +8,13 @@ import click
 
 from charrnn.api import evaluate
 from charrnn.cli.common import DEVICE_HELP, UserError, echo_json, stderr_console
+from charrnn.cli.score_lines import per_record
 from charrnn.errors import CharRNNError
 
 
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("text", required=False, type=click.Path(path_type=Path))
+@click.argument("text", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams.")
 @click.option(
     "--seq-len",
@@ -33,8 +34,43 @@ from charrnn.errors import CharRNNError
 )
 @click.option("--baseline-text", type=click.Path(path_type=Path), help="Fit the --baseline on this text instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--per-line",
+    "per",
+    flag_value="line",
+    default=None,
+    help="Score every line of TEXT...: one JSON line each, in input order, as it is done.",
+)
+@click.option("--per-file", "per", flag_value="file", help="Score every file of TEXT...: one JSON line each.")
+@click.option(
+    "--top-surprises",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="K",
+    help="With --per-line/--per-file: also list each record's K most surprising characters and their positions.",
+)
+@click.option("--reset-each", is_flag=True, help="With --per-line/--per-file: start every record from a fresh state.")
+@click.option(
+    "--unknown",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="With --per-line/--per-file: characters outside the vocabulary are an error, or are skipped and counted.",
+)
 def eval_cmd(
-    checkpoint: Path, text: Path | None, batch_size, seq_len, encoding, device, baseline, baseline_text, as_json
+    checkpoint: Path,
+    text: tuple[Path, ...],
+    batch_size,
+    seq_len,
+    encoding,
+    device,
+    baseline,
+    baseline_text,
+    as_json,
+    per,
+    top_surprises,
+    reset_each,
+    unknown,
 ):
     """Loss of CHECKPOINT on TEXT, or on the checkpoint's own validation split when TEXT is omitted.
 
@@ -42,16 +78,36 @@ def eval_cmd(
     (no --eval-chars subset here). Without TEXT, the checkpoint's text is found again the way
     `charrnn train --resume` finds it, and the run's corpus cache next to CHECKPOINT is reused
     when it is still valid.
+
+    With --per-line (or --per-file), one JSON object per line (or file) of TEXT... goes to stdout as
+    soon as it is scored, with flat memory for any size; the hidden state carries from line to line
+    unless --reset-each. For example:
+
+    \b
+      charrnn eval out/best.pt poems.txt --per-line --top-surprises 3
+      charrnn eval out/best.pt logs/ --per-file --reset-each --unknown skip
     """
+    if per is not None and baseline is not None:
+        raise click.UsageError("--baseline scores the whole text; it does not go with --per-line or --per-file")
+    if per is not None:
+        per_record(checkpoint, text, per, top_surprises, reset_each, unknown, encoding, device)
+        return
+    extra = [name for name, on in (("--top-surprises", top_surprises), ("--reset-each", reset_each)) if on]
+    extra += ["--unknown skip"] if unknown == "skip" else []
+    if extra:
+        raise click.UsageError(f"{extra[0]} needs --per-line or --per-file")
+    if len(text) > 1:
+        raise click.UsageError("one TEXT at a time without --per-line or --per-file")
     if baseline_text is not None and baseline is None:
         raise UserError("--baseline-text needs --baseline ngram:N; add it, or drop --baseline-text")
-    result = evaluate(checkpoint, text, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device)
+    one = text[0] if text else None
+    result = evaluate(checkpoint, one, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device)
     base = None
     if baseline is not None:
         from charrnn.baseline import evaluate_baseline
 
         base = evaluate_baseline(
-            checkpoint, text, baseline, baseline_text, batch_size=batch_size, seq_len=seq_len, encoding=encoding
+            checkpoint, one, baseline, baseline_text, batch_size=batch_size, seq_len=seq_len, encoding=encoding
         )
     if as_json:
         echo_json(

@@ -11,8 +11,7 @@ from rich.table import Table
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli.common import echo_json, format_duration
-from charrnn.data import escape_char
-from charrnn.loss import LN2
+from charrnn.describe import describe
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -27,50 +26,6 @@ def sparkline(values: list[float], width: int = 60) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in values)
 
 
-# Checkpoint keys (docs/checkpoint-format.md) -> their names in JSON (docs/json.md). The checkpoint's
-# own names are written too, deprecated, until charrnn 1.2.
-CORPUS_KEYS = {"chars": "n_chars"}
-PROGRESS_KEYS = {"elapsed": "elapsed_s", "chars_seen": "n_chars_seen"}
-HISTORY_KEYS = {"train_loss": "train_nats", "val_loss": "val_nats", "elapsed": "elapsed_s"}
-
-
-def _renamed(record: dict, names: dict[str, str]) -> dict:
-    """``record`` with each key of ``names`` also under its JSON name (the JSON name first)."""
-    out = {names[k]: v for k, v in record.items() if k in names}
-    out.update(record)
-    return out
-
-
-def describe(ckpt: ckpt_io.Checkpoint) -> dict:
-    """Everything ``inspect`` shows, as plain JSON-ready data."""
-    cfg = ckpt.model_config
-    params = sum(t.numel() for t in ckpt.weights.values())
-    bits = lambda v: v / LN2 if isinstance(v, (int, float)) else None  # noqa: E731
-    return {
-        "path": str(ckpt.path),
-        "format": {"marker": ckpt_io.FORMAT_MARKER, "version": ckpt.version},
-        "written_by": {"charrnn": ckpt.charrnn_version, "torch": ckpt.torch_version, "created": ckpt.created},
-        "model": {**cfg.to_dict(), "parameters": params},
-        "vocab": {
-            "n_chars": len(ckpt.vocab),
-            "size": len(ckpt.vocab),  # deprecated (1.0): n_chars
-            "chars": ckpt.vocab.chars,
-            "escaped": [escape_char(c) for c in ckpt.vocab.chars],
-        },
-        "corpus": _renamed(ckpt.corpus, CORPUS_KEYS),
-        "train_config": ckpt.train_config,
-        "progress": _renamed(ckpt.progress, PROGRESS_KEYS),
-        "loss": {
-            "last_train_nats": ckpt.last_train_loss,
-            "last_train_bits": bits(ckpt.last_train_loss),
-            "best_val_nats": ckpt.best_val_loss,
-            "best_val_bits": bits(ckpt.best_val_loss),
-        },
-        "history": _renamed(ckpt.history, HISTORY_KEYS),
-        "resumable": ckpt.resume is not None,
-    }
-
-
 def _kv_table(title: str, rows) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", title_style="bold")
     table.add_column(style="cyan", no_wrap=True)
@@ -78,6 +33,17 @@ def _kv_table(title: str, rows) -> Table:
     for key, value in rows:
         table.add_row(key, str(value))
     return table
+
+
+def _vocab_history_rows(history: list[dict]) -> list[tuple[str, str]]:
+    """The vocabulary's history as table rows: the original characters, then each addition."""
+    if len(history) < 2:
+        return []
+    first, *added = history
+    rows = [("original", f"{first['n_chars']} characters, {first['date']}")]
+    for entry in added:
+        rows.append((f"added at step {entry['step']}", f"{' '.join(entry['escaped'])}  ({entry['date']})"))
+    return rows
 
 
 @click.command("inspect")
@@ -121,6 +87,7 @@ def inspect_cmd(checkpoint: Path, as_json: bool):
             [
                 ("size", info["vocab"]["n_chars"]),
                 ("characters", " ".join(info["vocab"]["escaped"])),
+                *_vocab_history_rows(info["vocab_history"]),
             ],
         )
     )

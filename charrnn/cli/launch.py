@@ -4,6 +4,7 @@ the ``--separator`` type whose escapes survive the trip through a command line."
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import click
@@ -74,6 +75,11 @@ def launch(ctx: click.Context, nproc: int, device) -> None:
         )
     if device.type not in ("cuda", "cpu"):
         raise ConfigError(f"--nproc needs --device cuda or cpu, not {device.type}")
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and nproc > cores:
+        raise ConfigError(
+            f"--nproc {nproc} starts more processes than this machine has CPU cores ({cores}); use --nproc {cores} or fewer"
+        )
     argv = ["--standalone", "--nproc-per-node", str(nproc), "-m", "charrnn", "train", *_command_line(ctx, ("nproc",))]
     # The launcher's own notices (rendezvous details, "sending SIGINT to workers") are not for users;
     # the workers' errors and rank 0's output still reach the terminal.

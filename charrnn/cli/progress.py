@@ -1,20 +1,29 @@
-"""What ``charrnn train`` shows while it runs: a tqdm bar on stderr and a rich line per evaluation."""
+"""What ``charrnn train`` shows while it runs: a tqdm bar on stderr and a rich line per evaluation.
+
+All of it goes through one ``Diagnostics`` stream: if stderr cannot be written (full, closed, its
+reader gone), the progress falls silent and training goes on, writing its checkpoints.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import IO, cast
 
+from rich.console import Console
 from tqdm import tqdm
 
+from charrnn.cli.streams import diagnostics
 from charrnn.trainer import Callback, Trainer
 
 
 class Progress(Callback):
     """A tqdm bar on stderr and a rich line per evaluation."""
 
-    def __init__(self, console, quiet: bool):
-        self.console, self.quiet = console, quiet
+    def __init__(self, quiet: bool, stream=None):
+        self.out = diagnostics(stream if stream is not None else sys.stderr)
+        self.console = Console(file=cast(IO[str], self.out), highlight=False, soft_wrap=True)
+        self.quiet = quiet
         self.bar: tqdm | None = None
         self._tick: float | None = None  # when the last step ended (perf_counter seconds)
         self._rate: float | None = None  # smoothed characters per second
@@ -29,7 +38,7 @@ class Progress(Callback):
             total=round(budget.total),
             initial=round(budget.position(trainer.state.step, trainer.state.elapsed)),
             unit=budget.unit,
-            file=sys.stderr,
+            file=self.out,
             dynamic_ncols=True,
             mininterval=0.5,
             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
@@ -69,8 +78,13 @@ class Progress(Callback):
         self._print(f"[yellow]{name}: finishing this step and saving last.pt (press Ctrl-C again to quit at once)")
 
     def _print(self, line: str) -> None:
-        with tqdm.external_write_mode(file=sys.stderr):
+        with tqdm.external_write_mode(file=self.out):
             self.console.print(line)
+
+    @property
+    def silent(self) -> bool:
+        """Whether stderr failed, and the progress fell silent."""
+        return self.out.failed
 
     def close(self) -> None:
         if self.bar is not None:

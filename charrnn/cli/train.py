@@ -6,7 +6,6 @@ What a run *is* (resume and fine-tuning rules, the out-dir guard, finding the te
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -17,11 +16,16 @@ from rich.table import Table
 
 from charrnn import distributed
 from charrnn.cli.common import (
+    COUNT_MAX,
     DEFAULT_OUT_DIR,
     DEVICE_HELP,
+    SEED,
+    THREADS,
     THREADS_HELP,
     Duration,
+    Finite,
     UserError,
+    echo_json,
     format_duration,
     stderr_console,
 )
@@ -37,7 +41,7 @@ from charrnn.trainer import DEFAULT_MAX_STEPS, DTYPES, SCHEDULES, TrainConfig
 
 MODEL_DEFAULTS = ModelConfig(vocab_size=1)
 TRAIN_DEFAULTS = TrainConfig(max_steps=DEFAULT_MAX_STEPS)
-CLI_ONLY = ("text", "out_dir", "resume", "init_from", "force", "nproc", "quiet", "as_json")
+CLI_ONLY = ("text", "out_dir", "resume", "init_from", "extend_vocab", "force", "nproc", "quiet", "as_json")
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -68,7 +72,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--dropout",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=Finite(0, 1, max_open=True),
     default=MODEL_DEFAULTS.dropout,
     show_default=True,
     help="Dropout between layers and before the output layer.",
@@ -93,7 +97,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     "--lr",
     "--learning-rate",
     "lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=TRAIN_DEFAULTS.lr,
     show_default=True,
     help="Adam learning rate.",
@@ -105,45 +109,47 @@ def _given(ctx: click.Context, name: str) -> bool:
     show_default=True,
     help="cosine: to lr*min-lr-frac over the budget; wsd: constant, then linear to lr*min-lr-frac over the last 20%; step: char-rnn's per-epoch decay; constant.",
 )
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAIN_DEFAULTS.warmup_steps, show_default=True)
+@click.option(
+    "--warmup-steps", type=click.IntRange(min=0, max=COUNT_MAX), default=TRAIN_DEFAULTS.warmup_steps, show_default=True
+)
 @click.option(
     "--min-lr-frac",
-    type=click.FloatRange(0, 1),
+    type=Finite(0, 1),
     default=TRAIN_DEFAULTS.min_lr_frac,
     show_default=True,
     help="cosine: final lr as a fraction of --lr.",
 )
 @click.option(
     "--lr-decay",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=Finite(0, 1, min_open=True),
     default=TRAIN_DEFAULTS.lr_decay,
     show_default=True,
     help="step: lr multiplier per epoch ...",
 )
 @click.option(
     "--lr-decay-after",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=COUNT_MAX),
     default=TRAIN_DEFAULTS.lr_decay_after,
     show_default=True,
     help="step: ... after this many epochs.",
 )
 @click.option(
     "--grad-clip",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=TRAIN_DEFAULTS.grad_clip,
     show_default=True,
     help="Clip the global gradient norm to this.",
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
+@click.option("--weight-decay", type=Finite(min=0), default=TRAIN_DEFAULTS.weight_decay, show_default=True)
 @click.option(
     "--max-epochs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=COUNT_MAX),
     default=None,
     help="Stop after this many passes over the training split.",
 )
 @click.option(
     "--max-steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=COUNT_MAX),
     default=None,
     help=f"Stop at this step, counted from the start of the run [default: {DEFAULT_MAX_STEPS} when no other budget is given].",
 )
@@ -155,21 +161,21 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--eval-every",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=COUNT_MAX),
     default=TRAIN_DEFAULTS.eval_every,
     show_default=True,
     help="Steps between validation passes and checkpoints.",
 )
 @click.option(
     "--val-frac",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=Finite(0, 1, min_open=True, max_open=True),
     default=TRAIN_DEFAULTS.val_frac,
     show_default=True,
     help="Last fraction of the text held out for validation.",
 )
-@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=SEED, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help=THREADS_HELP)
+@click.option("--threads", type=THREADS, default=None, help=THREADS_HELP)
 @click.option(
     "--dtype",
     type=click.Choice(list(DTYPES)),
@@ -210,6 +216,12 @@ def _given(ctx: click.Context, name: str) -> bool:
     default=None,
     help="Start a new run from this checkpoint's weights and vocabulary (fine-tuning).",
 )
+@click.option(
+    "--extend-vocab",
+    is_flag=True,
+    help="With --init-from: add TEXT's characters the checkpoint lacks to its vocabulary (new rows; the old "
+    "ones kept exactly), e.g. charrnn train new.txt --init-from old.pt --extend-vocab",
+)
 @click.option("--force", is_flag=True, help="Overwrite checkpoints of an earlier run in --out-dir.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of TEXT, e.g. latin-1.")
 @click.option(
@@ -228,7 +240,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--no-cache", is_flag=True, help="Encode TEXT in memory at every start instead of caching it.")
 @click.option(
     "--eval-chars",
-    type=click.IntRange(min=2),
+    type=click.IntRange(min=2, max=COUNT_MAX),
     default=None,
     help=f"Validation characters scored per evaluation: the whole split up to this many, else seeded windows of this many in all [default: {DEFAULT_EVAL_CHARS:,} on a GPU, {DEFAULT_EVAL_CHARS_CPU:,} elsewhere].",
 )
@@ -240,7 +252,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--sample-length",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=COUNT_MAX),
     default=RUN_DEFAULTS["sample_length"],
     show_default=True,
     help="Characters to sample from the best model at the end (0: none).",
@@ -248,7 +260,9 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.pass_context
-def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, nproc, quiet, as_json, **flags):
+def train(
+    ctx: click.Context, text, out_dir: Path, resume, init_from, extend_vocab, force, nproc, quiet, as_json, **flags
+):
     """Train a character model on TEXT (default: the embedded Tiny Shakespeare corpus).
 
     Checkpoints go to OUT_DIR (with --resume: the checkpoint's folder): last.pt at every evaluation
@@ -274,12 +288,13 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
     options = {name: value for name, value in flags.items() if _given(ctx, name)}
     if quiet:
         options["sample_length"] = 0
-    progress = Progress(console, quiet)
+    progress = Progress(quiet)
     run = Run(
         text,
         out_dir=out_dir if _given(ctx, "out_dir") else None,
         resume=resume,
         init_from=init_from,
+        extend_vocab=extend_vocab,
         force=force,
         callback=progress,
         **options,
@@ -330,7 +345,7 @@ def train(ctx: click.Context, text, out_dir: Path, resume, init_from, force, npr
             )
         )
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        echo_json(summary)
     if interrupted:
         ctx.exit(SIGNAL_EXIT.get(signal_name or "", 130))
 

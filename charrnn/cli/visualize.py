@@ -26,9 +26,9 @@ from rich.table import Table
 from rich.text import Text
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import colours
+from charrnn import colours, memory
 from charrnn import visualize as viz
-from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, UserError, echo_json, stderr_console
+from charrnn.cli.common import DEFAULT_OUT_DIR, DEVICE_HELP, SEED, Finite, UserError, echo_json, stderr_console
 from charrnn.corpus import read_text
 from charrnn.data import escape_char
 from charrnn.devices import resolve_device
@@ -60,11 +60,11 @@ GATE_CELL_DEPRECATED = "--what gate:cell is deprecated and will be removed; use 
     metavar="N",
     help="Run the model over N characters it generates itself.",
 )
-@click.option("--seed", type=int, default=1337, show_default=True, help="Seed for --sample.")
+@click.option("--seed", type=SEED, default=1337, show_default=True, help="Seed for --sample.")
 @click.option(
     "--temperature",
     "-t",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=0.8,
     show_default=True,
     help="Temperature for --sample (> 0).",
@@ -183,8 +183,9 @@ def visualize(
     start, end = _parse_range(span, n_chars)
     # A --text is read no further than max_chars + 1 characters: its full length is then unknown.
     length_known = text_path is None or len(text) <= n_chars
+    total = sample_length if sample_length is not None else len(text)  # --sample generates only what is shown
     if len(text) > n_chars:
-        of = f"{len(text):,} characters" if length_known else "a longer text"
+        of = f"{total:,} characters" if length_known else "a longer text"
         err.print(f"[dim]using the first {n_chars:,} of {of}; raise --max-chars to see more")
     with _progress(err, n_chars) as progress:
         rec = record(
@@ -204,6 +205,8 @@ def visualize(
         )
     if not length_known:
         rec = dataclasses.replace(rec, source_n_chars=None)
+    elif total != len(text):
+        rec = dataclasses.replace(rec, source_n_chars=total)
     err.print(
         f"[dim]{source}: {n_chars:,} characters, {cfg.cell.upper()} {cfg.num_layers} x {cfg.hidden_size}"
         + (f"; {rec.mean_bits:.3f} bits/char" if n_chars > 1 else "")
@@ -248,7 +251,11 @@ def _read_source(text_path, string, sample_length, model, vocab, seed, temperatu
         return read_text(text_path, max_chars=max_chars + 1), str(text_path)
     if string is not None:
         return string, "--string"
-    steps = generate(model, vocab, length=sample_length, temperature=temperature, seed=seed)
+    # Only what is shown is generated: the first max_chars (+1, to tell that the text was cut).
+    length = min(sample_length, max_chars + 1)
+    need = memory.sampling_bytes(model.config, 1, length)
+    memory.check_fits(need, next(model.parameters()).device, f"generating {length:,} characters", ("max_chars",))
+    steps = generate(model, vocab, length=length, temperature=temperature, seed=seed)
     return "".join(chars[0] for chars in steps), f"--sample {sample_length}"
 
 
