@@ -29,7 +29,7 @@ from charrnn.cli.visualize import coloured_text, legend
 from charrnn.corpus import read_text
 from charrnn.data import escape_char
 from charrnn.devices import resolve_device
-from charrnn.errors import DataError, OutputError
+from charrnn.errors import CharRNNError, DataError, OutputError
 from charrnn.gradflow import DEFAULT_POSITIONS, DEFAULT_STEPS, DEFAULT_WARMUP, GradientFlow, gradient_flow
 from charrnn.ngram import NGram, parse_baseline
 from charrnn.wins import DEFAULT_TOP_CHARS, Group, compare
@@ -285,7 +285,7 @@ def wins(checkpoint, text, baseline, baseline_text, top_chars, max_chars, show, 
     err = stderr_console()
     try:
         order = parse_baseline(baseline)
-    except Exception as exc:  # a CharRNNError: a usage error here, as for charrnn eval
+    except CharRNNError as exc:  # a usage error here, as for charrnn eval --baseline
         raise click.BadParameter(str(exc), param_hint="'--baseline'") from None
     _check_writable(html_path)
     ckpt = ckpt_io.load(checkpoint)
