@@ -302,8 +302,10 @@ def render_page(
     predictions: Predictions | None = None,
     find: tuple[str, list[tuple[UnitScore, int]]] | None = None,
     gates: list[GateSaturation] | None = None,
+    sections: list[str] | None = None,
 ) -> str:
-    """The whole page as a string. ``find``: the feature name and (score, index into ``views``) rows."""
+    """The whole page as a string. ``find``: the feature name and (score, index into ``views``) rows;
+    ``sections``: more HTML, shown above the text (``charrnn.analysis_report``'s tables)."""
     for v in views:
         assert len(v.values) == len(text), f"view {v.name!r} has {len(v.values)} values for {len(text)} characters"
     options = "".join(f'<option value="{i}">{html.escape(v.label)}</option>' for i, v in enumerate(views))
@@ -315,6 +317,7 @@ def render_page(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         *(f"<p class=meta>{html.escape(line)}</p>" for line in meta),
+        *(sections or []),
         f"<div id=controls><label>show <select id=view>{options}</select></label>"
         "<span><span id=lo></span><span id=bar></span><span id=hi></span></span>"
         "<span class=note>hover a character for its value and the model's guesses</span></div>",

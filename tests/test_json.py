@@ -38,7 +38,17 @@ def properties(schema: dict):
 
 def test_every_schema_is_valid_and_speaks_the_vocabulary():
     found = schemas()
-    assert set(found) == {"train", "sample", "eval", "eval_record", "inspect", "visualize", "export"}
+    assert set(found) == {
+        "train",
+        "sample",
+        "eval",
+        "eval_record",
+        "inspect",
+        "visualize",
+        "analyze_gradflow",
+        "analyze_wins",
+        "export",
+    }
     for name, schema in found.items():
         jsonschema.Draft202012Validator.check_schema(schema)
         for key, sub in properties(schema):

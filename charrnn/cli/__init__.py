@@ -58,6 +58,9 @@ def _register() -> None:
     from charrnn.cli import export
 
     cli.add_command(export.export_cmd)
+    from charrnn.cli.analyze import analyze
+
+    cli.add_command(analyze)
 
 
 _register()

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from charrnn.api import evaluate
-from charrnn.cli.common import DEVICE_HELP, echo_json, stderr_console
+from charrnn.cli.common import DEVICE_HELP, UserError, echo_json, stderr_console
 from charrnn.cli.score_lines import per_record
+from charrnn.errors import CharRNNError
 
 
 @click.command("eval")
@@ -24,6 +25,14 @@ from charrnn.cli.score_lines import per_record
 )
 @click.option("--encoding", default="utf-8", show_default=True)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option(
+    "--baseline",
+    metavar="ngram:N",
+    callback=lambda ctx, param, value: _baseline_order(value),
+    help="Also score an interpolated Kneser-Ney character N-gram (N up to 20) on the same characters, "
+    "fitted on the checkpoint's training split (docs/analysis.md).",
+)
+@click.option("--baseline-text", type=click.Path(path_type=Path), help="Fit the --baseline on this text instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option(
     "--per-line",
@@ -55,6 +64,8 @@ def eval_cmd(
     seq_len,
     encoding,
     device,
+    baseline,
+    baseline_text,
     as_json,
     per,
     top_surprises,
@@ -76,6 +87,8 @@ def eval_cmd(
       charrnn eval out/best.pt poems.txt --per-line --top-surprises 3
       charrnn eval out/best.pt logs/ --per-file --reset-each --unknown skip
     """
+    if per is not None and baseline is not None:
+        raise click.UsageError("--baseline scores the whole text; it does not go with --per-line or --per-file")
     if per is not None:
         per_record(checkpoint, text, per, top_surprises, reset_each, unknown, encoding, device)
         return
@@ -85,9 +98,17 @@ def eval_cmd(
         raise click.UsageError(f"{extra[0]} needs --per-line or --per-file")
     if len(text) > 1:
         raise click.UsageError("one TEXT at a time without --per-line or --per-file")
-    result = evaluate(
-        checkpoint, text[0] if text else None, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device
-    )
+    if baseline_text is not None and baseline is None:
+        raise UserError("--baseline-text needs --baseline ngram:N; add it, or drop --baseline-text")
+    one = text[0] if text else None
+    result = evaluate(checkpoint, one, batch_size=batch_size, seq_len=seq_len, encoding=encoding, device=device)
+    base = None
+    if baseline is not None:
+        from charrnn.baseline import evaluate_baseline
+
+        base = evaluate_baseline(
+            checkpoint, one, baseline, baseline_text, batch_size=batch_size, seq_len=seq_len, encoding=encoding
+        )
     if as_json:
         echo_json(
             {
@@ -101,8 +122,25 @@ def eval_cmd(
                 "chars": result.n_chars,
                 "nats_per_char": result.nats,
                 "bits_per_char": result.bits,
+                **({"baseline": base.to_json(result)} if base is not None else {}),
             }
         )
     else:
         stderr_console().print(f"[dim]{result.text}: {result.n_chars:,} characters scored")
         click.echo(f"{result.nats:.4f} nats/char  {result.bits:.4f} bits/char  perplexity {result.perplexity:.3f}")
+        if base is not None:
+            stderr_console().print(f"[dim]{base.name} fitted on {base.fit_text} ({base.n_fit_chars:,} characters)")
+            click.echo(
+                f"{base.nats:.4f} nats/char  {base.bits:.4f} bits/char  perplexity {base.perplexity:.3f}  {base.name}"
+                f" (the model's gain: {base.nats - result.nats:+.4f} nats/char)"
+            )
+
+
+def _baseline_order(value: str | None) -> int | None:
+    """--baseline ngram:N -> N, or a usage error (exit 2) naming the form."""
+    from charrnn.ngram import parse_baseline
+
+    try:
+        return parse_baseline(value) if value is not None else None
+    except CharRNNError as exc:
+        raise click.BadParameter(str(exc)) from None
