@@ -519,6 +519,9 @@ _ADAM_GROUP: dict[str, Callable[[Any, str], Any]] = {
     "fused": optional(boolean),
     "decoupled_weight_decay": boolean,
 }
+# What Adam's step reads from its group and load_state_dict does not fill in (it sets the flags'
+# defaults, not these): without them the first step is a KeyError.
+_ADAM_GROUP_REQUIRED = ("lr", "betas", "eps", "weight_decay")
 
 
 def _pair(value: Any, field: str) -> list:
@@ -545,6 +548,9 @@ def _optimizer(value: Any, config: ModelConfig, tensors: Tensors) -> None:
     params = listing(group.get("params"), f"{where}.param_groups[0].params")
     if [type(p) for p in params] != [int] * len(shapes) or params != list(range(len(shapes))):
         raise Invalid(f"{where}.param_groups[0].params", f"must be the indices 0 to {len(shapes) - 1}")
+    for key in _ADAM_GROUP_REQUIRED:
+        if key not in group:
+            raise Invalid(f"{where}.param_groups[0].{key}", "is missing")
     for key, item in group.items():
         if key in _ADAM_GROUP:
             _ADAM_GROUP[key](item, f"{where}.param_groups[0].{key}")

@@ -422,6 +422,15 @@ def test_every_field_mutated_every_way_loads_cleanly_or_is_named(resumable):
     assert refused > len(paths) * 10, "most mutations break the schema"
 
 
+@pytest.mark.parametrize("key", ["lr", "betas", "eps", "weight_decay"])
+def test_an_optimizer_group_without_a_key_adam_reads_is_refused(resumable, key):
+    _, raw = resumable
+    data = copy.deepcopy(raw)
+    del data["resume"]["optimizer"]["param_groups"][0][key]
+    with pytest.raises(CheckpointError, match=rf"param_groups\[0\]\.{key}: is missing"):
+        ckpt_io.from_dict(data, Path("m.pt"))
+
+
 @pytest.mark.parametrize(
     "path, value, pattern",
     [
