@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from charrnn import checkpoint as ckpt_io
 from charrnn import memory
 from charrnn.corpus import read_text
-from charrnn.data import Vocab, split
+from charrnn.data import Vocab
 from charrnn.devices import resolve_device
 from charrnn.errors import ConfigError, DataError, option
 from charrnn.loss import LN2, Loss, eval_layout
@@ -345,16 +345,12 @@ def evaluate(
     The text is read as ``batch_size`` streams in chunks of ``seq_len`` with the state carried; every
     character is scored but the last partial chunk of each stream.
     """
-    from charrnn.run import checkpoint_corpus, read_corpus  # run imports this module for its closing sample
+    from charrnn.run import checkpoint_split, read_corpus  # run imports this module for its closing sample
 
     model = checkpoint if isinstance(checkpoint, Model) else load(checkpoint, device)
     ckpt = model.checkpoint
     if text is None:
-        cache = Path(ckpt.path).parent / "cache" if ckpt.path is not None else None
-        corpus, _ = checkpoint_corpus(
-            ckpt, encoding=encoding, cache_dir=cache if cache is not None and cache.is_dir() else None
-        )
-        _, ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
+        corpus, _, ids = checkpoint_split(ckpt, encoding=encoding)
         what = f"validation split of {corpus.name}"
     else:
         corpus, _ = read_corpus(text, encoding=encoding, vocab=model.vocab)

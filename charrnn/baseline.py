@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
-from charrnn.data import split
 from charrnn.loss import Loss, eval_layout
 from charrnn.ngram import NGram, check_order
 
@@ -60,13 +59,9 @@ class BaselineResult(Loss):
 
 def _split(ckpt: ckpt_io.Checkpoint, encoding: str) -> tuple[np.ndarray, np.ndarray, str]:
     """The checkpoint's (training, validation) ids, its text found again, and the text's name."""
-    from charrnn.run import checkpoint_corpus  # run imports the API, which imports the trainer
+    from charrnn.run import checkpoint_split  # run imports the API, which imports the trainer
 
-    cache = Path(ckpt.path).parent / "cache" if ckpt.path is not None else None
-    corpus, _ = checkpoint_corpus(
-        ckpt, encoding=encoding, cache_dir=cache if cache is not None and cache.is_dir() else None
-    )
-    train_ids, val_ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
+    corpus, train_ids, val_ids = checkpoint_split(ckpt, encoding=encoding)
     return np.asarray(train_ids), np.asarray(val_ids), corpus.name
 
 

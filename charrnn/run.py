@@ -30,7 +30,7 @@ from typing import Any
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed, memory
 from charrnn.corpus import LoadedCorpus, load_corpus
-from charrnn.data import Corpus, Vocab
+from charrnn.data import Corpus, Vocab, split
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError, ConfigError, OutputError, UnknownCharsError, option
 from charrnn.fsio import check_writable, remove_leftovers
@@ -85,6 +85,17 @@ def checkpoint_corpus(
             f"or use {option('init_from')} to fine-tune on new text"
         )
     return corpus, loaded
+
+
+def checkpoint_split(ckpt: ckpt_io.Checkpoint, *, encoding: str = "utf-8") -> tuple[Corpus, Any, Any]:
+    """The text ``ckpt`` was trained on (``checkpoint_corpus``, through the corpus cache its run left
+    beside it, if any) and its (training, validation) ids, split as the run split them."""
+    cache = Path(ckpt.path).parent / "cache" if ckpt.path is not None else None
+    corpus, _ = checkpoint_corpus(
+        ckpt, encoding=encoding, cache_dir=cache if cache is not None and cache.is_dir() else None
+    )
+    train_ids, val_ids = split(corpus.ids, float(ckpt.corpus.get("val_frac", 0.1)))
+    return corpus, train_ids, val_ids
 
 
 def read_corpus(text, *, encoding="utf-8", separator="\n", vocab=None, cache_dir=None, exclude=()):

@@ -87,6 +87,20 @@ class Recorder(Callback):
         return [e.val.nats for e in self.evals]
 
 
+# Debian's Chromium (.ci/browser-deps.sh installs it), and the flags every browser test starts it with:
+# headless, as root, and quiet on a machine whose network is closed (no background connections).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 TINY_MODEL = ["--num-layers", "1", "--hidden-size", "48", "--embedding-size", "16"]
 TINY_TRAIN = ["--batch-size", "8", "--seq-len", "32", "--lr", "1e-2", "--warmup-steps", "0"]
 

@@ -19,8 +19,8 @@ from charrnn import html_report
 from charrnn import visualize as viz
 from charrnn.data import Vocab, escape_char
 from charrnn.model import CharRNN, ModelConfig
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.slow,  # a Chromium launch per test
     pytest.mark.skipif(
@@ -67,14 +67,7 @@ class DomParser(HTMLParser):
 def chromium(tmp_path: Path, *args: str) -> str:
     command = [
         str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_ARGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         *args,
     ]

@@ -20,18 +20,8 @@ from charrnn.data import Vocab
 from charrnn.export import export
 from charrnn.export.fused import halved
 from charrnn.model import CharRNN, ModelConfig
-from conftest import make_text
+from conftest import CHROMIUM, CHROMIUM_ARGS, make_text
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install '.[test]')")
 pytestmark = [
     pytest.mark.slow,  # Chromium, and a few seconds of training per cell
@@ -66,7 +56,7 @@ def trained_checkpoint(cell: str, steps: int = 80) -> Checkpoint:
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
 

@@ -9,23 +9,13 @@ Skipped where /usr/bin/chromium or the playwright package is missing (CI install
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from serve_util import Served, tiny_checkpoint, wait_idle
 
 from charrnn.serve import Limits
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("one_thread"),
@@ -46,7 +36,7 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(served):
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1200, "height": 800})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(served.url + "/")
