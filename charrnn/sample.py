@@ -54,7 +54,9 @@ class Draw:
         self.temperature, self.argmax, self.generator = temperature, argmax, generator
         self.top_k = top_k if top_k is not None and top_k < vocab_size else None
         self.top_p = top_p if top_p is not None and top_p < 1.0 else None
-        self.noise: torch.Tensor | None = None
+        # What ``pick`` does with the logits: two draws with the same options pick alike.
+        self.options = (self.temperature, self.top_k, self.top_p, self.argmax)
+        self.noise: tuple[torch.Tensor, ...] = ()  # the block's steps, (N, V) each
         self.used = self.block_steps
 
     def gumbel_block(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -62,21 +64,35 @@ class Draw:
         u = torch.rand(self.shape, generator=self.generator, dtype=torch.float64, device=device)
         return u.log_().neg_().log_().neg_().to(dtype)  # U = 0 gives -inf: never chosen
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, V) logits -> (N,) int64 indices."""
+    def next_noise(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """This step's (N, V) Gumbel noise, one row per stream (None for ``argmax``); the next call
+        gives the next step's."""
+        if self.argmax:
+            return None
+        if self.used == self.block_steps:
+            self.noise, self.used = self.gumbel_block(device, dtype).unbind(0), 0
+        noise = self.noise[self.used]
+        self.used += 1
+        return noise
+
+    def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """(R, V) logits and their (R, V) noise -> (R,) indices, under this draw's options. Each row
+        is picked on its own, so rows of several draws with the same ``options`` (each with its own
+        noise) can be picked in one call and get what each draw would pick alone."""
         if self.argmax:
             return logits.argmax(dim=1)
+        assert noise is not None, "sampling needs this step's noise"
         scaled = logits / self.temperature if self.temperature != 1.0 else logits
         if self.top_k is not None:
             kth = torch.topk(scaled, self.top_k, dim=1).values[:, -1:]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
         if self.top_p is not None:
             scaled = nucleus(scaled, self.top_p)
-        if self.noise is None or self.used == self.block_steps:  # None: before the first block
-            self.noise, self.used = self.gumbel_block(logits.device, logits.dtype), 0
-        noise = self.noise[self.used]
-        self.used += 1
         return (scaled + noise).argmax(dim=1)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, V) logits -> (N,) int64 indices."""
+        return self.pick(logits, self.next_noise(logits.device, logits.dtype))
 
 
 def nucleus(scaled: torch.Tensor, top_p: float) -> torch.Tensor:

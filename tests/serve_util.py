@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import uvicorn
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.api import load
+from charrnn.cli.serve import listen
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.serve import Limits, create_app
 
@@ -35,8 +35,7 @@ class Served:
     def __init__(self, checkpoints: dict[str, Path], limits: Limits | None = None):
         app = create_app({name: load(path, device="cpu") for name, path in checkpoints.items()}, limits)
         self.state = app.state.server
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock = listen("127.0.0.1", 0)  # the socket charrnn serve listens on
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -38,7 +38,7 @@ def parse_models(specs: tuple[str, ...]) -> dict[str, str]:
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to host:port, so that a taken port is a one-line error before anything loads."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))

@@ -42,10 +42,11 @@ log = logging.getLogger("charrnn.serve")
 
 PRIME_CHUNK = 4096  # characters per forward pass of a prime: bounded memory for any prime
 TOP_GUESSES = 5  # the model's top guesses sent with each character when surprisal is asked for
-# A client's loop is woken at most this often while its samples run (at once for the first character
-# and for the end): each wake-up is a send and a JSON encoding on the event loop's thread, which shares
-# the cores with the steps; benchmarks/bench_serve.py measures what batching gains with it.
-WAKE_EVERY_S = 0.02
+# The clients in a batch are told of their news together, at most this often (at once of a first
+# character, and of the end): each wake-up is a call into the event loop's thread, and a send and a
+# JSON encoding there, which share the cores and the GIL with the steps; benchmarks/bench_serve.py
+# measures what batching gains with it.
+WAKE_EVERY_S = 0.05
 
 
 class ServerStopping(Exception):
@@ -115,23 +116,13 @@ class Stream:
         self.loop = loop
         self.event = asyncio.Event()
         self._wake_pending = False
-        self._last_wake = 0.0
         self._on_finish = on_finish
 
     # -- the scheduler's side ------------------------------------------------------------------
 
-    def wake(self, now: float | None = None) -> None:
-        """Tell the client's loop there is news: at once if ``now`` is None, else if ``WAKE_EVERY_S``
-        passed since the last time (at most one wake-up queued at a time)."""
-        if now is not None and now - self._last_wake < WAKE_EVERY_S:
-            return
-        self._last_wake = time.monotonic() if now is None else now
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self.loop.call_soon_threadsafe(self._set)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+    def wake(self) -> None:
+        """Tell the client's loop there is news (at most one wake-up queued at a time)."""
+        wake_all([self])
 
     def _set(self) -> None:
         self._wake_pending = False
@@ -209,6 +200,25 @@ class Stream:
                 return
 
 
+def wake_all(streams: list[Stream]) -> None:
+    """Tell the streams' loops there is news: one call into each loop's thread, not one per stream."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Stream]] = {}
+    for stream in streams:
+        if not stream._wake_pending:
+            stream._wake_pending = True
+            by_loop.setdefault(stream.loop, []).append(stream)
+    for loop, woken in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, woken)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+def _set_all(streams: list[Stream]) -> None:
+    for stream in streams:
+        stream._set()
+
+
 class Row:
     """One row of the batch: a sample of a stream."""
 
@@ -238,6 +248,7 @@ class Scheduler:
         self._cond = threading.Condition(threading.RLock())  # reentrant: close() may run in a signal handler
         self._thread = threading.Thread(target=self._run, name=f"charrnn-serve-{name}", daemon=True)
         self._threads_now = 0
+        self._last_wake = 0.0  # when the clients in the batch were last told of their news
         self.steps = 0
 
     def start(self) -> None:
@@ -322,6 +333,38 @@ class Scheduler:
         self.state = tuple(torch.cat([old, new.expand(-1, n, -1)], dim=1) for old, new in zip(self.state, state))
         self.rows.extend(Row(stream, sample) for sample in stream.samples)
 
+    def _draw(self, groups: list[tuple[Stream, int, int]]) -> torch.Tensor:
+        """Each stream's next characters, (B,), as its own ``Draw`` would pick them from its rows.
+
+        Streams with the same options are picked together: their noise rows (each from its own
+        generator) side by side, then one ``Draw.pick`` over their rows, since a step that costs an op
+        per stream costs the whole batch that op's hand-over of the GIL to the event loop.
+        """
+        by_options: dict[tuple, list[tuple[Stream, int, int]]] = {}
+        for group in groups:
+            by_options.setdefault(group[0].draw.options, []).append(group)
+        ids = None if len(by_options) == 1 else torch.empty(len(self.rows), dtype=torch.long, device=self.device)
+        for members in by_options.values():
+            draw = members[0][0].draw
+            noise = []
+            for stream, first, count in members:
+                rows = stream.draw.next_noise(self.device, self.logits.dtype)
+                if rows is None:  # argmax: no noise
+                    continue
+                if count < stream.num_samples:
+                    # Some samples stopped early: their noise is still drawn, so the others stay as they were.
+                    rows = rows[[row.sample.index for row in self.rows[first : first + count]]]
+                noise.append(rows)
+            together = None if not noise else noise[0] if len(noise) == 1 else torch.cat(noise)
+            if ids is None:  # every stream alike: the whole batch at once
+                return draw.pick(self.logits, together)
+            index = torch.tensor(
+                [i for _, first, count in members for i in range(first, first + count)], device=self.device
+            )
+            ids[index] = draw.pick(self.logits[index], together)
+        assert ids is not None, "a batch has at least one stream"
+        return ids
+
     def _groups(self) -> list[tuple[Stream, int, int]]:
         """(stream, first row, number of rows) for each stream in the batch; a stream's rows are adjacent."""
         groups: list[tuple[Stream, int, int]] = []
@@ -349,17 +392,7 @@ class Scheduler:
 
         # 2. Each stream draws its characters from its own rows, with its own options and generator.
         groups = self._groups()
-        drawn = []
-        for stream, first, count in groups:
-            rows = self.logits[first : first + count]
-            if count == stream.num_samples:
-                drawn.append(stream.draw(rows))
-            else:  # some samples stopped early: their noise is still drawn, so the others stay as they were
-                full = rows.new_zeros(stream.num_samples, rows.shape[1])
-                live = torch.tensor([r.sample.index for r in self.rows[first : first + count]], device=self.device)
-                full[live] = rows
-                drawn.append(stream.draw(full)[live])
-        ids = torch.cat(drawn)  # (B,)
+        ids = self._draw(groups)  # (B,)
         logp = torch.log_softmax(self.logits, dim=1)  # (B, V): surprisal at temperature 1, the model's own
         nats = (-logp.gather(1, ids[:, None])[:, 0]).tolist()
         wants_top = any(stream.surprisal for stream, _, _ in groups)
@@ -376,6 +409,7 @@ class Scheduler:
         top_ids = top.indices.tolist() if top is not None else None
         top_p = top.values.exp().tolist() if top is not None else None
         now = time.monotonic()
+        first_news = []  # streams whose first characters came in this step
         for stream, first, count in groups:
             values = None
             if stream.units and chunk is not None:
@@ -384,6 +418,7 @@ class Scheduler:
             with stream.lock:
                 if stream.first_char_at is None:
                     stream.first_char_at = now
+                    first_news.append(stream)
                 for j in range(count):
                     i = first + j
                     row = self.rows[i]
@@ -405,7 +440,11 @@ class Scheduler:
                     if len(sample.chars) >= stream.length:
                         stream.end_sample(sample, "length")
                         row.done = True
-            stream.wake(now)
+        if now - self._last_wake >= WAKE_EVERY_S:
+            self._last_wake = now
+            wake_all([stream for stream, _, _ in groups])
+        elif first_news:
+            wake_all(first_news)
 
         # 5. Rows that ended leave the batch.
         self._drop_done()
