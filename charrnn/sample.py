@@ -112,6 +112,10 @@ def nucleus(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
 
 DEFAULT_MAX_PRIME = 1_000_000  # characters; a prime is a whole-sequence pass, so this is seconds to minutes
 PRIME_CHUNK = 65_536  # characters per forward pass of the prime: bounded memory for any prime
+# A prime this short is read through the step on a CPU, a character at a time: there a whole-sequence
+# pass first sets up oneDNN's sequence kernels, which costs an LSTM about as much as 15 steps
+# (benchmarks/bench_prime.py). On a GPU the step's kernel launches cost more than cuDNN's set-up.
+SHORT_PRIME = 16
 
 
 def _whole_number(name: str, value) -> None:
@@ -220,26 +224,48 @@ def start_ids(vocab: Vocab, prime: str, max_prime: int = DEFAULT_MAX_PRIME) -> l
 
 
 @torch.no_grad()
-def run_prime(model: CharRNN, ids: list[int], num_samples: int = 1) -> tuple[torch.Tensor, tuple]:
-    """Read ``ids`` through ``model`` as one stream, ``PRIME_CHUNK`` characters per pass with the state
+def run_prime(
+    model: CharRNN,
+    ids: list[int],
+    num_samples: int = 1,
+    *,
+    stepper: StepModel | None = None,
+    chunk: int = PRIME_CHUNK,
+) -> tuple[torch.Tensor, tuple]:
+    """Read ``ids`` through ``model`` as one stream, ``chunk`` characters per pass with the state
     carried, and give each of ``num_samples`` streams the result: ((N, V) float logits after the last
     character, the state with N streams). Memory is bounded by the chunk, whatever the prime's length.
 
     Every chunk but the last runs as one stream; the last runs as N copies, as a whole prime of up to
-    ``PRIME_CHUNK`` characters always has (the fused kernels' results differ in the last bits between
+    ``chunk`` characters always has (the fused kernels' results differ in the last bits between
     one stream and N, so this keeps the seeded samples of such primes as they were).
+
+    On a CPU, a prime of at most ``SHORT_PRIME`` characters is read through ``stepper`` when one is
+    given (the step that generation then runs), a character at a time as N copies: quicker than
+    setting up a whole-sequence pass for a few characters.
     """
     device = model.head.weight.device
     model.eval()
+    if stepper is not None and len(ids) <= SHORT_PRIME and device.type == "cpu":
+        return _step_through(stepper, ids, num_samples)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T)
-    last = (x.shape[1] - 1) // PRIME_CHUNK * PRIME_CHUNK  # where the last chunk starts
+    last = (x.shape[1] - 1) // chunk * chunk  # where the last chunk starts
     state = None
-    for start in range(0, last, PRIME_CHUNK):
-        _, state = model(x[:, start : start + PRIME_CHUNK], state)
+    for start in range(0, last, chunk):
+        _, state = model(x[:, start : start + chunk], state)
     if state is not None and num_samples > 1:
         state = tuple(s.expand(-1, num_samples, -1).contiguous() for s in state)
     logits, state = model(x[:, last:].expand(num_samples, -1), state)
     return logits[:, -1].float(), state
+
+
+def _step_through(stepper: StepModel, ids: list[int], num_samples: int) -> tuple[torch.Tensor, tuple]:
+    """``run_prime``'s answer for a short prime, read through the step a character at a time."""
+    state = stepper.init_state(num_samples)
+    logits = torch.empty(0)
+    for i in ids:
+        logits, state = stepper.step(torch.full((num_samples,), i, dtype=torch.long, device=stepper.device), state)
+    return logits.float(), state
 
 
 class Generation:
@@ -313,12 +339,13 @@ def _generate(gen, model, chars, ids, prime, length, draw_options, num_samples, 
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
 
-    # 1. The prime, all at once through the fused sequence kernels.
-    logits, state = run_prime(model, ids, num_samples)
+    # 1. The prime, all at once through the fused sequence kernels (a short one through the step).
+    stepper = StepModel(model)
+    logits, state = run_prime(model, ids, num_samples, stepper=stepper)
 
     # 2. One character at a time through the fused step (a CUDA graph of it on a GPU; its logits
     # and state are overwritten by the next step, and are used before it).
-    step = StepModel(model).runner(num_samples)
+    step = stepper.runner(num_samples)
     draw = Draw(num_samples, len(chars), generator=generator, **draw_options)
     keep = max((len(s) for s in stops), default=1) - 1  # characters of each stream's tail a match needs
     tails = [prime[len(prime) - keep :] if keep else ""] * num_samples
@@ -370,8 +397,9 @@ def beam_search(
     check_options(len(vocab), length, 1.0, None, 1, beam=beam, max_prime=max_prime)
     ids = start_ids(vocab, prime, max_prime)
     vocab_size = len(vocab)
-    logits, state = run_prime(model, ids, beam)
-    step = StepModel(model).runner(beam)
+    stepper = StepModel(model)
+    logits, state = run_prime(model, ids, beam, stepper=stepper)
+    step = stepper.runner(beam)
     device = logits.device
     scores = torch.full((beam,), float("-inf"), dtype=torch.float64, device=device)
     scores[0] = 0.0  # the hypotheses start as copies of one: extend only the first

@@ -283,6 +283,26 @@ def test_a_long_prime_runs_in_chunks_with_the_state_carried(monkeypatch):
     assert not torch.allclose(short_prime, logits[:1], atol=1e-3), "the whole prime must count"
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_a_short_prime_read_through_the_step_gives_the_sequence_passs_state(cell):
+    from charrnn.inference import StepModel
+
+    module = peaky_model(VOCAB, seed=2, cell=cell)
+    stepper = StepModel(module)
+    for text in ["a", "ab cd", ("efgh abc " * 4)[: sample_mod.SHORT_PRIME]]:
+        ids = VOCAB.encode(text).tolist()
+        stepped_logits, stepped_state = sample_mod.run_prime(module, ids, 2, stepper=stepper)
+        whole_logits, whole_state = sample_mod.run_prime(module, ids, 2)
+        assert stepped_logits.shape == whole_logits.shape == (2, len(VOCAB))
+        assert torch.allclose(stepped_logits, whole_logits, atol=1e-5)
+        for got, want in zip(stepped_state, whole_state):
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    longer = VOCAB.encode("ab cd efgh" * 4).tolist()
+    assert len(longer) > sample_mod.SHORT_PRIME
+    after_long = sample_mod.run_prime(module, longer, 1, stepper=stepper)[0]
+    assert not torch.allclose(after_long, sample_mod.run_prime(module, longer[-8:], 1)[0], atol=1e-3)
+
+
 def test_help_and_readme_show_an_example_of_each_control(runner):
     from pathlib import Path
 

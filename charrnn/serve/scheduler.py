@@ -2,9 +2,10 @@
 
 One ``Scheduler`` per served model owns a thread and the batch: the hidden state of every sample in
 flight, (layers, B, H), and the logits each will draw its next character from, (B, V). A request
-(``Stream``, one or more samples) is handed over with ``submit``; between two steps the thread runs
-its prime through the network as one sequence (in chunks, the state carried) and appends its rows to
-the batch. Each step then:
+(``Stream``, one or more samples) is handed over with ``submit``; between two steps the thread reads
+its prime as ``charrnn sample`` does (``charrnn.sample.run_prime``: as one sequence, in chunks with
+the state carried; a prime of a few characters through the step) and appends its rows to the batch.
+Each step then:
 
 1. ends the rows whose client went away, whose deadline passed, or all of them if the server stops;
 2. draws each request's next characters from its own rows of the logits, with its own temperature,
@@ -33,7 +34,7 @@ import torch
 from charrnn.inference import LayerInternals, StepModel
 from charrnn.loss import LN2
 from charrnn.model import CharRNN
-from charrnn.sample import Draw
+from charrnn.sample import Draw, run_prime
 from charrnn.serve.stops import StopScanner
 from charrnn.threads import sampling_threads
 from charrnn.visualize import Chunk
@@ -317,18 +318,14 @@ class Scheduler:
 
     @torch.no_grad()
     def _admit(self, stream: Stream) -> None:
-        """Run the prime as one sequence and add the stream's rows to the batch."""
+        """Read the prime as ``charrnn sample`` does (``run_prime``) and add the stream's rows to the batch."""
         if stream.cancelled:
             stream.finish()
             return
         n = stream.num_samples
         self._use_threads(len(self.rows) + n)
-        ids = torch.tensor(stream.ids, dtype=torch.long, device=self.device)[None]  # (1, T)
-        state = None
-        for start in range(0, ids.shape[1], PRIME_CHUNK):
-            logits, state = self.module(ids[:, start : start + PRIME_CHUNK], state)
-        assert state is not None, "a prime has at least one character (the newline that starts a text)"
-        last = logits[:, -1].float().expand(n, -1)  # (n, V)
+        logits, state = run_prime(self.module, stream.ids, 1, stepper=self.stepper, chunk=PRIME_CHUNK)
+        last = logits.expand(n, -1)  # (n, V)
         self.logits = torch.cat([self.logits, last])
         self.state = tuple(torch.cat([old, new.expand(-1, n, -1)], dim=1) for old, new in zip(self.state, state))
         self.rows.extend(Row(stream, sample) for sample in stream.samples)
