@@ -3,6 +3,7 @@
 
 The prime is run through the network as whole sequences (``PRIME_CHUNK`` characters per pass, the
 state carried), not one character at a time; ``benchmarks/bench_sample.py --prime-chars`` times it.
+A prime of at most ``SHORT_PRIME`` characters is the exception on a CPU (``run_prime``).
 """
 
 from __future__ import annotations
