@@ -5,7 +5,7 @@ the step, the two ways ``charrnn.sample.run_prime`` can read it (``SHORT_PRIME``
 
 For each cell and prime length, the median time of ``run_prime`` for one stream without a stepper
 (the sequence pass) and with one (primes of up to ``SHORT_PRIME`` characters go through the step;
-longer ones are timed through ``StepModel.step`` directly, to show where the two cross). Torch runs
+longer ones are timed through ``StepModel.read`` directly, to show where the two cross). Torch runs
 on the threads ``charrnn sample`` gives one stream (``charrnn.threads.sampling_threads``), which is
 also what ``charrnn serve`` uses for a request that arrives alone. Untrained weights: the speed of a
 pass does not depend on what the weights learned.
@@ -26,12 +26,6 @@ from charrnn.sample import SHORT_PRIME, run_prime
 from charrnn.threads import sampling_threads, torch_threads
 
 VOCAB_SIZE = 65  # Tiny Shakespeare's
-
-
-def stepped(stepper: StepModel, ids: list[int]) -> None:
-    state = stepper.init_state(1)
-    for i in ids:
-        _, state = stepper.step(torch.tensor([i]), state)
 
 
 def timed(fn, args: tuple, repeats: int) -> float:
@@ -70,7 +64,7 @@ def main() -> None:
             for length in args.lengths:
                 ids = torch.randint(0, VOCAB_SIZE, (length,), generator=torch.Generator().manual_seed(length)).tolist()
                 sequence = timed(run_prime, (model, ids, 1), args.repeats)
-                step = timed(stepped, (stepper, ids), args.repeats)
+                step = timed(stepper.read, (ids,), args.repeats)
                 chosen = step if length <= SHORT_PRIME else sequence
                 results["cases"].append(
                     {"cell": cell, "chars": length, "sequence_s": sequence, "step_s": step, "run_prime_s": chosen}

@@ -265,6 +265,16 @@ class StepModel:
         return tuple(torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.state_tensors))
 
     @torch.no_grad()
+    def read(self, ids: list[int], num_samples: int = 1) -> tuple[torch.Tensor, State]:
+        """Read ``ids`` from a zero state a character at a time, as ``num_samples`` copies: the logits
+        after the last character (N, V) and the state. For a short prime (``charrnn.sample.run_prime``)."""
+        state = self.init_state(num_samples)
+        logits = torch.empty(0)
+        for i in ids:
+            logits, state = self.step(torch.full((num_samples,), i, dtype=torch.long, device=self.device), state)
+        return logits, state
+
+    @torch.no_grad()
     def step(
         self, idx: torch.Tensor, state: State, internals: list[LayerInternals] | None = None
     ) -> tuple[torch.Tensor, State]:

@@ -248,7 +248,8 @@ def run_prime(
     device = model.head.weight.device
     model.eval()
     if stepper is not None and len(ids) <= SHORT_PRIME and device.type == "cpu":
-        return _step_through(stepper, ids, num_samples)
+        stepped, stepped_state = stepper.read(ids, num_samples)
+        return stepped.float(), stepped_state
     x = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T)
     last = (x.shape[1] - 1) // chunk * chunk  # where the last chunk starts
     state = None
@@ -258,15 +259,6 @@ def run_prime(
         state = tuple(s.expand(-1, num_samples, -1).contiguous() for s in state)
     logits, state = model(x[:, last:].expand(num_samples, -1), state)
     return logits[:, -1].float(), state
-
-
-def _step_through(stepper: StepModel, ids: list[int], num_samples: int) -> tuple[torch.Tensor, tuple]:
-    """``run_prime``'s answer for a short prime, read through the step a character at a time."""
-    state = stepper.init_state(num_samples)
-    logits = torch.empty(0)
-    for i in ids:
-        logits, state = stepper.step(torch.full((num_samples,), i, dtype=torch.long, device=stepper.device), state)
-    return logits.float(), state
 
 
 class Generation:
