@@ -451,14 +451,16 @@ class Scheduler:
         if any(row.done for row in self.rows):
             keep = [i for i, row in enumerate(self.rows) if not row.done]
             leaving = {id(row.stream): row.stream for row in self.rows if row.done}
+            staying = {id(self.rows[i].stream) for i in keep}
+            # Finished (their places given back) before their rows go: /healthz counts rows, and a
+            # client that sees no stream in flight must find the places free.
+            for key, stream in leaving.items():
+                if key not in staying:
+                    stream.finish()
             index = torch.tensor(keep, dtype=torch.long, device=self.device)
             self.logits = self.logits.index_select(0, index)
             self.state = tuple(s.index_select(1, index) for s in self.state)
             self.rows = [self.rows[i] for i in keep]
-            staying = {id(row.stream) for row in self.rows}
-            for key, stream in leaving.items():
-                if key not in staying:
-                    stream.finish()
         return not self.rows
 
 
