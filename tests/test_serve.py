@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 
 import httpx
 import numpy as np
 import pytest
 from serve_util import VOCAB, Served, events, tiny_checkpoint, wait_idle
 
+import charrnn.serve.scheduler as scheduler_module
 from charrnn.api import load
 from charrnn.cli import cli
 from charrnn.describe import describe
@@ -238,6 +240,35 @@ def test_streams_over_the_cap_get_429_with_retry_after(served):
         assert "--max-streams" in busy.json()["error"]["message"]
     assert wait_idle(served) == 0
     assert served.client.post("/v1/generate", json={"length": 5}).status_code == 200
+
+
+def test_healthz_counts_a_stream_while_its_prime_is_read(checkpoints, monkeypatch):
+    # The scheduler takes a stream off its queue before it reads the prime; a client told "nothing in flight"
+    # then must not get a 429 for places that stream still holds (CI saw exactly this once).
+    reading, release = threading.Event(), threading.Event()
+    real_run_prime = scheduler_module.run_prime
+
+    def slow_run_prime(*args, **kwargs):
+        reading.set()
+        assert release.wait(10), "the test never let the prime be read"
+        return real_run_prime(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler_module, "run_prime", slow_run_prime)
+    server = Served({"m": checkpoints["lstm"]}, Limits(max_streams=2, max_length=LONG))
+    try:
+        with server.client.stream("POST", "/v1/generate", json={"length": 5, "stream": True, "num_samples": 2}) as r:
+            lines = r.iter_lines()
+            next(lines)
+            assert reading.wait(10), "the scheduler never started reading the prime"
+            assert server.client.get("/healthz").json()["active_streams"] == 2
+            assert server.client.post("/v1/generate", json={"length": 5}).status_code == 429
+            release.set()
+            assert [name for name, _ in events(lines)].count("end") == 2
+        assert wait_idle(server) == 0
+        assert server.client.post("/v1/generate", json={"length": 5}).status_code == 200
+    finally:
+        release.set()
+        server.close()
 
 
 def test_a_request_past_its_deadline_ends_with_deadline(checkpoints):

@@ -103,10 +103,6 @@ class ServerState:
         for served in self.models.values():
             served.scheduler.join(max(0.0, deadline - time.monotonic()))
 
-    @property
-    def active(self) -> int:
-        return sum(s.scheduler.active for s in self.models.values())
-
 
 def error(
     status: int, message: str, field: str | None = None, headers: Mapping[str, str] | None = None
@@ -350,7 +346,7 @@ async def healthz(request: Request) -> Response:
         {
             "status": "stopping" if state.stopping else "ok",
             "models": list(state.models),
-            "active_streams": state.active,
+            "active_streams": state.capacity.in_use,  # the count a 429 is decided on
             "max_streams": state.limits.max_streams,
         }
     )

@@ -255,12 +255,6 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    @property
-    def active(self) -> int:
-        """Samples in flight or waiting to join."""
-        with self._cond:
-            return len(self.rows) + sum(s.num_samples for s in self._joining)
-
     def submit(self, stream: Stream) -> None:
         """Queue ``stream`` to join the batch at the next step; ServerStopping once ``close`` was called."""
         with self._cond:
@@ -452,8 +446,6 @@ class Scheduler:
             keep = [i for i, row in enumerate(self.rows) if not row.done]
             leaving = {id(row.stream): row.stream for row in self.rows if row.done}
             staying = {id(self.rows[i].stream) for i in keep}
-            # Finished (their places given back) before their rows go: /healthz counts rows, and a
-            # client that sees no stream in flight must find the places free.
             for key, stream in leaving.items():
                 if key not in staying:
                     stream.finish()
