@@ -12,13 +12,16 @@ from charrnn.errors import OutputError, option
 def replace_atomic(path: Path, payload) -> None:
     """Write ``payload`` to ``path`` atomically and durably: a temp file beside it, flush and fsync,
     ``os.replace`` over ``path``, fsync the folder. On failure the OSError propagates for the caller
-    to word, ``path`` is untouched and the temp file is removed."""
+    to word, ``path`` is untouched and the temp file is removed. The file gets ``path``'s mode if it
+    exists, else the mode ``open`` would give it (the temp file itself starts owner-only)."""
     folder = path.parent
     tmp_name = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)  # temp_name_pattern
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(fh.fileno(), _mode_for(path))
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
@@ -31,6 +34,26 @@ def replace_atomic(path: Path, payload) -> None:
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def _mode_for(path: Path) -> int:
+    """``path``'s permission bits if it exists, else those a new file gets under the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (setting it is process-wide, and threads may be creating files)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -150,6 +150,21 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     ckpt_io.load(path)
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_a_saved_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_own(tmp_path):
+    # The temp file a save starts as is owner-only; a checkpoint meant to be shared (charrnn serve under
+    # another user, a group folder) must not end up that way.
+    old = os.umask(0o027)
+    try:
+        path = ckpt_io.save(make_ckpt(), tmp_path / "last.pt")
+        assert path.stat().st_mode & 0o777 == 0o640
+        path.chmod(0o604)
+        ckpt_io.save(make_ckpt("gru"), path)
+        assert path.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
 def _documented_keys() -> set[str]:
     """The first column of every row of docs/checkpoint-format.md's key table."""
     rows = re.findall(r"^\| `([^`]+)` \|", FORMAT_DOC.read_text(encoding="utf-8"), flags=re.MULTILINE)

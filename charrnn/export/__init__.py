@@ -13,7 +13,6 @@ formats, and the ONNX sampling loop.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +81,6 @@ def export(checkpoint: str | Path | ckpt_io.Checkpoint, path: str | Path, *, hal
         from charrnn.export import page
 
         paths = [page.save(ckpt, path, half=half)]
-    for written in paths:
-        _shareable(written)
     return Exported(
         format=fmt,
         paths=paths,
@@ -121,14 +118,3 @@ def _starts_with_marker(path: Path, marker: str) -> bool:
             return marker.encode() in fh.read(4096)
     except OSError:
         return False
-
-
-def _shareable(path: Path) -> None:
-    """An export is made to be shared: the permissions a new file gets from the umask, not the
-    owner-only ones of the temporary file it was written through."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    try:
-        path.chmod(0o666 & ~mask)
-    except OSError:
-        pass
