@@ -32,7 +32,7 @@ from charrnn import distributed, memory
 from charrnn.corpus import LoadedCorpus, load_corpus
 from charrnn.data import Corpus, Vocab, split
 from charrnn.devices import resolve_device
-from charrnn.errors import CharRNNError, ConfigError, OutputError, UnknownCharsError, option
+from charrnn.errors import CharRNNError, CheckpointError, ConfigError, OutputError, UnknownCharsError, option
 from charrnn.fsio import check_writable, remove_leftovers
 from charrnn.lock import FileLock, Locked
 from charrnn.model import ModelConfig
@@ -219,7 +219,13 @@ class Run:
                     f"{resume} holds no training state to resume; use {option('init_from')} to start from its weights"
                 )
             self._check_architecture(source, plan, "resume")
-            saved = TrainConfig.from_dict(source.train_config).to_dict()
+            try:
+                saved = TrainConfig.from_dict(source.train_config).to_dict()
+            except ConfigError as exc:  # options this charrnn does not know: the run cannot go on as it was
+                raise CheckpointError(
+                    f"{resume}: {exc} (written by a newer charrnn?); upgrade charrnn (pip install -U charrnn) "
+                    f"to resume it, or use {option('init_from')} to start a new run from its weights"
+                ) from None
             plan.train_values = {**{k: v for k, v in saved.items() if k in TRAIN_OPTIONS}, **plan.train_values}
         elif init_from is not None:
             source = ckpt_io.load(init_from)

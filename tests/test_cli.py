@@ -111,6 +111,16 @@ def test_resume_with_conflicting_architecture_names_the_flag(runner, trained_run
     one_line_error(result, 1, r"--hidden-size 64 conflicts with .*hidden-size 48")
 
 
+def test_resume_of_a_run_with_options_this_version_lacks_says_upgrade(runner, trained_run, tmp_path):
+    out, _ = trained_run
+    saved = ckpt_io.load(out / "last.pt")
+    saved.train_config["future_knob"] = 3
+    newer = ckpt_io.save(saved, tmp_path / "newer.pt")
+    result = invoke(runner, "train", "--resume", newer, "--out-dir", tmp_path / "o")
+    one_line_error(result, 3, r"newer.pt: unknown train config key\(s\): future_knob .*upgrade charrnn.*--init-from")
+    assert not (tmp_path / "o").exists(), "nothing is created for a run that cannot start"
+
+
 def test_init_from_with_uncovered_vocabulary_lists_missing(runner, trained_run, tmp_path):
     out, _ = trained_run
     new = tmp_path / "new.txt"
