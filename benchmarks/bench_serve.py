@@ -7,6 +7,8 @@
             short and a long sample so start-up cancels out
   batched   --clients clients at once, each streaming --client-length characters: total chars/s, and
             the same for one such client alone, so the ratio is measured in the same run
+  unserved  the same --clients streams through the server's scheduler in this process, with no HTTP,
+            no event loop at work and no clients: what the batch makes when nothing shares its cores
   soak      --requests requests of mixed sizes (plain and streamed, 1-3 samples, some walking away),
             --soak-clients at a time: the server's RSS after warm-up and at the end, and the streams
             still in flight afterwards (should be 0)
@@ -193,6 +195,51 @@ async def soak(server: Server, requests: int, concurrency: int, warmup: int) -> 
     }
 
 
+def unserved_speed(ckpt: Path, clients: int, length: int, repeats: int) -> float:
+    """Total chars/s of ``clients`` streams of ``length`` through the server's ``Scheduler``, without HTTP."""
+    from charrnn.sample import Draw
+    from charrnn.serve.scheduler import Scheduler, Stream, seed_generator
+
+    model = charrnn.load(ckpt, device="cpu")
+    scheduler = Scheduler("bench", model.module, model.vocab.chars)
+    scheduler.start()
+    loop = asyncio.new_event_loop()  # a stream wakes its loop; this one runs but has nothing to do
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    rates = []
+    done = threading.Semaphore(0)  # released once per stream that ends
+    try:
+        for repeat in range(repeats + 1):  # the first is a warm-up
+            streams = [
+                Stream(
+                    [0],
+                    length=length,
+                    num_samples=1,
+                    draw=Draw(1, len(model.vocab), generator=seed_generator(repeat * 1000 + k, scheduler.device)),
+                    stops=[],
+                    surprisal=False,
+                    units=[],
+                    what="h",
+                    deadline_s=600,
+                    loop=loop,
+                    on_finish=lambda stream: done.release(),
+                )
+                for k in range(clients)
+            ]
+            t0 = time.perf_counter()
+            for stream in streams:
+                scheduler.submit(stream)
+            for _ in streams:
+                done.acquire()
+            elapsed = time.perf_counter() - t0
+            if repeat:
+                rates.append(sum(len(s.samples[0].chars) for s in streams) / elapsed)
+    finally:
+        scheduler.close()
+        scheduler.join(30)
+        loop.call_soon_threadsafe(loop.stop)
+    return common.median(rates)
+
+
 def sample_speed(ckpt: Path, short: int, long: int, repeats: int) -> float:
     model = charrnn.load(ckpt, device="cpu")
     model.sample(short, seed=1)
@@ -238,6 +285,8 @@ def main() -> None:
         ckpt = make_checkpoint(Path(tmp), args)
         print("timing charrnn sample's one-stream speed...", file=sys.stderr)
         sampled = sample_speed(ckpt, 200, 200 + args.length, args.repeats)
+        print(f"{args.clients} streams through the scheduler, no HTTP...", file=sys.stderr)
+        unserved = unserved_speed(ckpt, args.clients, args.client_length, args.repeats)
         server = Server(ckpt, args)
         try:
             print("one client alone...", file=sys.stderr)
@@ -257,6 +306,8 @@ def main() -> None:
         [f"one client of {args.client_length} (chars/s)", common.fmt(many["alone"])],
         [f"{args.clients} clients of {args.client_length} (total chars/s)", common.fmt(many["batched"])],
         ["  / one client", f"{many['ratio']:.2f}"],
+        ["  the same streams unserved (no HTTP; chars/s)", common.fmt(unserved)],
+        ["  served / unserved", f"{many['batched'] / unserved:.2f}"],
         [f"soak: {soaked['requests']} requests (s)", f"{soaked['elapsed_s']:.1f}"],
         [
             "  server RSS after warm-up / end (MiB)",
@@ -276,7 +327,13 @@ def main() -> None:
             "serve",
             info,
             {**vars(args), "command": " ".join(sys.argv), "load_avg_at_end": list(os.getloadavg())},
-            {"sample_chars_per_s": sampled, "alone": lone, "batched": many, "soak": soaked},
+            {
+                "sample_chars_per_s": sampled,
+                "unserved_chars_per_s": unserved,
+                "alone": lone,
+                "batched": many,
+                "soak": soaked,
+            },
         )
         print(f"wrote {path}", file=sys.stderr)
 
