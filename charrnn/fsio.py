@@ -20,8 +20,7 @@ def replace_atomic(path: Path, payload) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)  # temp_name_pattern
         with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):  # POSIX
-                os.fchmod(fh.fileno(), _mode_for(path))
+            _chmod(fh.fileno(), _mode_for(path))
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
@@ -34,6 +33,16 @@ def replace_atomic(path: Path, payload) -> None:
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def _chmod(fd: int, mode: int) -> None:
+    """Best effort: some file systems (FAT, some network mounts) refuse modes, and a save must not fail
+    for it; Windows has no ``fchmod``."""
+    if hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, mode)
+        except OSError:
+            pass
 
 
 def _mode_for(path: Path) -> int:

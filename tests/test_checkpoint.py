@@ -165,6 +165,15 @@ def test_a_saved_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_own(tmp_
         os.umask(old)
 
 
+def test_a_file_system_that_refuses_modes_does_not_fail_the_save(tmp_path, monkeypatch):
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse, raising=False)
+    path = ckpt_io.save(make_ckpt(), tmp_path / "last.pt")
+    assert ckpt_io.load(path).progress == {"step": 3}
+
+
 def _documented_keys() -> set[str]:
     """The first column of every row of docs/checkpoint-format.md's key table."""
     rows = re.findall(r"^\| `([^`]+)` \|", FORMAT_DOC.read_text(encoding="utf-8"), flags=re.MULTILINE)
