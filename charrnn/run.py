@@ -219,13 +219,14 @@ class Run:
                     f"{resume} holds no training state to resume; use {option('init_from')} to start from its weights"
                 )
             self._check_architecture(source, plan, "resume")
-            try:
-                saved = TrainConfig.from_dict(source.train_config).to_dict()
-            except ConfigError as exc:  # options this charrnn does not know: the run cannot go on as it was
+            unknown = TrainConfig.unknown_keys(source.train_config)
+            if unknown:  # options this charrnn does not know: the run cannot go on as it was
                 raise CheckpointError(
-                    f"{resume}: {exc} (written by a newer charrnn?); upgrade charrnn (pip install -U charrnn) "
-                    f"to resume it, or use {option('init_from')} to start a new run from its weights"
-                ) from None
+                    f"{resume}: unknown train config key(s): {', '.join(unknown)} (written by a newer charrnn?); "
+                    f"upgrade charrnn (pip install -U charrnn) to resume it, "
+                    f"or use {option('init_from')} to start a new run from its weights"
+                )
+            saved = TrainConfig.from_dict(source.train_config).to_dict()
             plan.train_values = {**{k: v for k, v in saved.items() if k in TRAIN_OPTIONS}, **plan.train_values}
         elif init_from is not None:
             source = ckpt_io.load(init_from)

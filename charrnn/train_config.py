@@ -108,11 +108,16 @@ class TrainConfig:
         The run facts a checkpoint carries beside the options (RUN_FACTS) are left out; missing
         options take their defaults.
         """
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names - set(RUN_FACTS)
+        unknown = cls.unknown_keys(data)
         if unknown:
-            raise ConfigError(f"unknown train config key(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown train config key(s): {', '.join(unknown)}")
+        names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def unknown_keys(cls, data: dict) -> list[str]:
+        """The keys of ``data`` that are neither options nor RUN_FACTS (a newer charrnn's), sorted."""
+        return sorted(set(data) - {f.name for f in fields(cls)} - set(RUN_FACTS))
 
 
 @dataclass
